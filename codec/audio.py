@@ -25,12 +25,14 @@ __all__ = [
     "audio_info",
     "atomic_output",
     "AudioInfo",
+    "AudioReader",
 ]
 
 PathLike = Union[str, os.PathLike]
 
-#: Extensions libsndfile cannot read but ffmpeg can (tried via ffmpeg directly).
-_FFMPEG_ONLY_EXT = {".g722", ".sln", ".m4a", ".aac", ".opus", ".wma", ".amr", ".webm", ".mp4"}
+#: Extensions recognised as audio when scanning directories (soundfile formats + common ffmpeg ones).
+AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".au", ".w64", ".rf64", ".caf",
+                    ".opus", ".m4a", ".aac", ".g722", ".sln", ".wma", ".webm"}
 
 
 def _check_readable(path: Path) -> None:
@@ -40,39 +42,6 @@ def _check_readable(path: Path) -> None:
         raise CodecError(f"input '{path}' is a directory, not an audio file.")
     if not os.access(path, os.R_OK):
         raise CodecError(f"input file '{path}' is not readable (permission denied).")
-
-
-def _ffmpeg_decode(path: Path, sr_hint: Optional[int] = None) -> Tuple[np.ndarray, int]:
-    """Decode any ffmpeg-readable file to float32 ``[C, T]`` via a subprocess."""
-    ffmpeg = shutil.which("ffmpeg")
-    ffprobe = shutil.which("ffprobe")
-    if ffmpeg is None:
-        raise CodecError(f"'{path}' is not an audio file that soundfile can read (install ffmpeg for more formats).")
-    sr, channels = None, None
-    if ffprobe is not None:
-        try:
-            out = subprocess.run(
-                [ffprobe, "-v", "error", "-select_streams", "a:0", "-show_entries",
-                 "stream=sample_rate,channels", "-of", "csv=p=0", str(path)],
-                capture_output=True, text=True, timeout=60,
-            )
-            fields = out.stdout.strip().splitlines()[0].split(",") if out.stdout.strip() else []
-            if out.returncode == 0 and len(fields) >= 2:
-                sr, channels = int(fields[0]), int(fields[1])
-        except (subprocess.SubprocessError, ValueError, IndexError, OSError):
-            sr, channels = None, None
-    if sr is None or channels is None:
-        raise CodecError(f"'{path}' is not a readable audio file.")
-    proc = subprocess.run(
-        [ffmpeg, "-v", "error", "-nostdin", "-i", str(path), "-f", "f32le", "-acodec", "pcm_f32le", "-"],
-        capture_output=True, timeout=3600,
-    )
-    if proc.returncode != 0:
-        raise CodecError(f"'{path}' is not a readable audio file (ffmpeg could not decode it).")
-    data = np.frombuffer(proc.stdout, dtype="<f4")
-    n = (data.size // channels) * channels
-    wav = data[:n].reshape(-1, channels).T.astype(np.float32, copy=True)
-    return wav, sr
 
 
 class AudioInfo:
@@ -99,8 +68,8 @@ def audio_info(path: PathLike) -> AudioInfo:
         return AudioInfo(i.samplerate, i.channels, i.frames, "soundfile")
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
         pass
-    wav, sr = _ffmpeg_decode(p)
-    return AudioInfo(sr, wav.shape[0], wav.shape[1], "ffmpeg")
+    with AudioReader(p) as reader:
+        return AudioInfo(reader.sample_rate, reader.channels, -1, "ffmpeg")
 
 
 def load_audio(path: PathLike) -> Tuple[np.ndarray, int]:
@@ -111,23 +80,17 @@ def load_audio(path: PathLike) -> Tuple[np.ndarray, int]:
     Raises :class:`CodecError` for missing/unreadable/non-audio files.  Empty audio is
     returned as ``[C, 0]`` (callers decide whether that is an error).
     """
-    import soundfile as sf
-
-    p = Path(path)
-    _check_readable(p)
-    try:
-        data, sr = sf.read(str(p), dtype="float32", always_2d=True)
-        return np.ascontiguousarray(data.T), int(sr)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        err = exc
-    if p.stat().st_size == 0:
-        raise CodecError(f"input file '{p}' is empty (0 bytes), not audio.")
-    try:
-        return _ffmpeg_decode(p)
-    except CodecError:
-        raise
-    except (OSError, subprocess.SubprocessError) as exc:  # pragma: no cover - unusual system failures
-        raise CodecError(f"'{p}' is not a readable audio file ({err}).") from exc
+    with AudioReader(path) as reader:
+        blocks = []
+        while True:
+            blk = reader.read(1 << 20)
+            if blk.shape[1] == 0:
+                break
+            blocks.append(blk)
+        sr = reader.sample_rate
+        if not blocks:
+            return np.zeros((reader.channels, 0), dtype=np.float32), sr
+    return (blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)), sr
 
 
 @contextmanager
@@ -233,3 +196,117 @@ def to_mono(x: np.ndarray) -> np.ndarray:
     if x.shape[0] == 1:
         return x
     return x.mean(axis=0, keepdims=True, dtype=np.float32).astype(np.float32)
+
+
+class AudioReader:
+    """Read an audio file in blocks with flat memory: ``with AudioReader(path) as r: blk = r.read(n)``.
+
+    ``read(n)`` returns float32 ``[C, n']`` with ``n' <= n`` (``n' == 0`` at end of file).
+    Attributes: ``sample_rate``, ``channels``, ``frames`` (total per channel, or -1 if unknown
+    before reading, e.g. for ffmpeg-decoded inputs).  Uses soundfile, or an ``ffmpeg`` pipe for
+    formats libsndfile cannot read.  Raises :class:`CodecError` for missing/unreadable/non-audio files.
+    """
+
+    def __init__(self, path: PathLike):
+        import soundfile as sf
+
+        self.path = Path(path)
+        _check_readable(self.path)
+        self._sf = None
+        self._proc = None
+        self._eof = False
+        try:
+            self._sf = sf.SoundFile(str(self.path), "r")
+            self.sample_rate = int(self._sf.samplerate)
+            self.channels = int(self._sf.channels)
+            self.frames = int(self._sf.frames)
+            self.backend = "soundfile"
+            return
+        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
+            self._sf = None
+        if self.path.stat().st_size == 0:
+            raise CodecError(f"input file '{self.path}' is empty (0 bytes), not audio.")
+        self._open_ffmpeg()
+
+    def _open_ffmpeg(self) -> None:
+        ffmpeg, ffprobe = shutil.which("ffmpeg"), shutil.which("ffprobe")
+        if ffmpeg is None or ffprobe is None:
+            raise CodecError(f"'{self.path}' is not an audio file that soundfile can read (install ffmpeg for more formats).")
+        try:
+            out = subprocess.run(
+                [ffprobe, "-v", "error", "-select_streams", "a:0", "-show_entries",
+                 "stream=sample_rate,channels", "-of", "csv=p=0", str(self.path)],
+                capture_output=True, text=True, timeout=60,
+            )
+            fields = out.stdout.strip().splitlines()[0].split(",") if out.stdout.strip() else []
+            if out.returncode != 0 or len(fields) < 2:
+                raise ValueError
+            self.sample_rate, self.channels = int(fields[0]), int(fields[1])
+        except (subprocess.SubprocessError, ValueError, IndexError, OSError):
+            raise CodecError(f"'{self.path}' is not an audio file (neither soundfile nor ffmpeg can read it).") from None
+        if self.sample_rate <= 0 or self.channels <= 0:
+            raise CodecError(f"'{self.path}' is not an audio file (neither soundfile nor ffmpeg can read it).")
+        self.frames = -1
+        self.backend = "ffmpeg"
+        self._proc = subprocess.Popen(
+            [ffmpeg, "-v", "error", "-nostdin", "-i", str(self.path), "-map", "0:a:0",
+             "-f", "f32le", "-acodec", "pcm_f32le", "-"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+
+    def read(self, n: int) -> np.ndarray:
+        """Read up to ``n`` samples per channel -> float32 ``[C, n']`` (``n' == 0`` at end of file)."""
+        if self._eof or n <= 0:
+            return np.zeros((self.channels, 0), dtype=np.float32)
+        if self._sf is not None:
+            try:
+                data = self._sf.read(n, dtype="float32", always_2d=True)
+            except Exception as exc:  # libsndfile decode errors mid-file
+                raise CodecError(f"'{self.path}' could not be decoded past sample {self._sf.tell()} ({exc}).") from exc
+            if data.shape[0] == 0:
+                self._eof = True
+            return np.ascontiguousarray(data.T)
+        assert self._proc is not None and self._proc.stdout is not None
+        want = n * self.channels * 4
+        buf = bytearray()
+        while len(buf) < want:
+            piece = self._proc.stdout.read(want - len(buf))
+            if not piece:
+                break
+            buf += piece
+        if len(buf) < want:
+            self._eof = True
+            self._proc.wait()
+            if self._proc.returncode != 0 and not buf:
+                err = (self._proc.stderr.read() if self._proc.stderr else b"").decode(errors="replace").strip()
+                first = err.splitlines()[0] if err else "unknown error"
+                raise CodecError(f"'{self.path}' is not a decodable audio file (ffmpeg: {first}).")
+        usable = (len(buf) // (4 * self.channels)) * 4 * self.channels
+        arr = np.frombuffer(bytes(buf[:usable]), dtype="<f4").reshape(-1, self.channels)
+        return np.ascontiguousarray(arr.T, dtype=np.float32)
+
+    def close(self) -> None:
+        """Release the file / ffmpeg process."""
+        if self._sf is not None:
+            self._sf.close()
+            self._sf = None
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                self._proc.kill()
+            self._proc.wait()
+            for fh in (self._proc.stdout, self._proc.stderr):
+                if fh is not None:
+                    fh.close()
+            self._proc = None
+
+    def __enter__(self) -> "AudioReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:
+            pass

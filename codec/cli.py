@@ -1,0 +1,424 @@
+"""``codec`` command line: argument parsing and dispatch only.
+
+File work lives in :mod:`codec.transcode` (encode/decode pipelines), :mod:`codec.codes_format`
+(the ``.codes`` format), :mod:`codec.bench` and :mod:`codec.demo`; ``train`` and ``eval`` are
+delegated to ``codec.train.cli`` and ``codec.evaluation`` (imported only when used).
+
+Errors caused by the user print ``codec: error: <one sentence>`` on stderr and exit with status 2;
+Ctrl-C exits with 130.  No partial output file is ever left behind.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple
+
+from .errors import CodecError
+
+__all__ = ["main", "build_parser", "plan_jobs"]
+
+PROG = "codec"
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+_LAZY = {
+    "train": ("codec.train.cli", "train a model (delegates to codec.train.cli)"),
+    "eval": ("codec.evaluation", "evaluate a model and classical baselines (delegates to codec.evaluation)"),
+}
+
+_EPILOGS = {
+    "encode": """examples:
+  codec encode speech.wav speech.codes --nq 8
+  codec encode music.flac music.codes --nq 16 --channels keep
+  codec encode recordings/ codes/ --nq 4 --batch-size 8       # a directory, names and sub-folders kept
+  codec encode a.mp3 b.ogg c.wav out/ --model runs/my-model    # several files into a directory
+
+Inputs: wav, flac, ogg, mp3 (soundfile) and anything ffmpeg reads (m4a, opus, G.722, .sln) when ffmpeg is
+installed; any sample rate (resampled to the model's).  Stereo/multi-channel is downmixed to mono by
+default; --channels keep stores each channel (up to 8) as its own code stream.  Inputs shorter than one
+frame are zero-padded to one frame (decoding restores the exact length); empty inputs and NaN/inf samples
+are refused; clipped or louder-than-full-scale input gives a warning and is encoded as is.""",
+    "decode": """examples:
+  codec decode speech.codes speech.wav                 # the model named in the file, original rate and length
+  codec decode speech.codes speech-2lv.wav --nq 2      # fewer levels than stored
+  codec decode speech.codes speech16k.flac --sample-rate 16000
+  codec decode codes/ decoded/ --model runs/my-model   # a directory""",
+    "info": """examples:
+  codec info speech.codes
+  codec info codes/*.codes --json""",
+    "trim": """examples:
+  codec trim speech.codes speech-4.codes --nq 4        # keep the 4 coarsest levels, no re-encoding""",
+    "demo": """examples:
+  codec demo                                      # shipped model + pretrained/samples/*.wav -> ./demo-out
+  codec demo --nq 1,2,4,8 --out-dir /tmp/demo --model runs/my-model""",
+    "bench": """examples:
+  codec bench                      # model + streaming + quantizer, table on stdout
+  codec bench --json bench.json    # also write JSON
+  codec bench rvq                  # quantizer only""",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
+
+
+def _err(msg: str) -> None:
+    print(f"{PROG}: error: {msg}", file=sys.stderr)
+
+
+def _warn(msg: str) -> None:
+    print(f"{PROG}: warning: {msg}", file=sys.stderr)
+
+
+def _progress_bar(args: argparse.Namespace, total: Optional[float], desc: str):
+    """A tqdm bar in seconds of audio; disabled with --quiet or when stdout is not a terminal."""
+    from tqdm import tqdm
+
+    disable = bool(getattr(args, "quiet", False)) or not sys.stdout.isatty()
+    return tqdm(total=total, unit="s", desc=desc, disable=disable, leave=False,
+                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]" if total else None)
+
+
+def plan_jobs(inputs: Sequence[str], out: str, in_exts: Optional[set], out_ext: str) -> List[Tuple[Path, Path]]:
+    """Map CLI inputs to ``(src, dst)`` pairs.
+
+    One input file -> ``out`` is the output file (or, if ``out`` is an existing directory, ``out/<stem><out_ext>``).
+    Several inputs or a directory -> ``out`` is a directory (created); directory inputs are scanned
+    recursively for files with an extension in ``in_exts`` and their relative paths are kept.
+    """
+    outp = Path(out)
+    if len(inputs) == 1 and not Path(inputs[0]).is_dir():
+        src = Path(inputs[0])
+        if outp.is_dir():
+            return [(src, outp / (src.stem + out_ext))]
+        return [(src, outp)]
+    if outp.exists() and not outp.is_dir():
+        raise CodecError(f"with several inputs or a directory, the output '{out}' must be a directory.")
+    pairs: List[Tuple[Path, Path]] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and (in_exts is None or f.suffix.lower() in in_exts)
+                           and not f.name.startswith("."))
+            if not found:
+                raise CodecError(f"no input files found in directory '{p}'.")
+            for f in found:
+                pairs.append((f, outp / f.relative_to(p).with_suffix(out_ext)))
+        else:
+            pairs.append((p, outp / (p.stem + out_ext)))
+    seen = {}
+    for src, dst in pairs:
+        key = str(dst.resolve()) if dst.parent.exists() else str(dst)
+        if key in seen:
+            raise CodecError(f"inputs '{seen[key]}' and '{src}' would both be written to '{dst}'.")
+        seen[key] = src
+    try:
+        for _, dst in pairs:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CodecError(f"cannot create output directory '{out}': {exc.strerror or exc}.") from exc
+    return pairs
+
+
+def _human_bytes(n: int) -> str:
+    return f"{n} B" if n < 1024 else (f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.1f} MiB")
+
+
+# ---------------------------------------------------------------------------------------------
+# commands
+# ---------------------------------------------------------------------------------------------
+
+def _cmd_encode(args: argparse.Namespace) -> int:
+    from .audio import AUDIO_EXTENSIONS, audio_info
+    from .transcode import EncodeJob, encode_files, resolve_model
+
+    pairs = plan_jobs(args.inputs, args.output, AUDIO_EXTENSIONS, ".codes")
+    model, name = resolve_model(args.model, args.device)
+    max_nq = int(model.num_quantizers)
+    nq = args.nq if args.nq is not None else min(8, max_nq)
+    if not 1 <= nq <= max_nq:
+        raise CodecError(f"--nq {nq} is out of range: this model has levels 1 to {max_nq}.")
+    total = 0.0
+    for src, _ in pairs:
+        try:
+            i = audio_info(src)
+            total += i.frames / i.sample_rate if i.frames > 0 else 0.0
+        except CodecError:
+            pass
+    failed = 0
+    with _progress_bar(args, total or None, "encode") as bar:
+        def on_result(r) -> None:
+            nonlocal failed
+            for w in r.warnings:
+                bar.clear()
+                _warn(w)
+            if r.error:
+                failed += 1
+                bar.clear()
+                _err(r.error)
+            elif not args.quiet:
+                h = r.header
+                bar.write(f"{r.src} -> {r.dst}: {h.duration:.2f} s, {h.num_levels} levels, "
+                          f"{h.bitrate / 1000:.2f} kbps, {_human_bytes(h.file_size)}")
+
+        encode_files(model, name, [EncodeJob(s, d) for s, d in pairs], nq, keep_channels=args.channels == "keep",
+                     batch_size=args.batch_size, progress=bar.update, on_result=on_result)
+    return EXIT_USER_ERROR if failed else 0
+
+
+def _cmd_decode(args: argparse.Namespace) -> int:
+    from .transcode import DecodeJob, decode_files
+
+    pairs = plan_jobs(args.inputs, args.output, {".codes"}, ".wav")
+    failed = 0
+    with _progress_bar(args, None, "decode") as bar:
+        def on_result(r) -> None:
+            nonlocal failed
+            if r.error:
+                failed += 1
+                bar.clear()
+                _err(r.error)
+            elif not args.quiet:
+                h = r.header
+                bar.write(f"{r.src} -> {r.dst}: {h.duration:.2f} s at {args.sample_rate or h.orig_sample_rate} Hz, "
+                          f"{args.nq or h.num_levels} of {h.num_levels} levels")
+
+        decode_files([DecodeJob(s, d) for s, d in pairs], model_spec=args.model, nq=args.nq,
+                     sample_rate=args.sample_rate, batch_size=args.batch_size, device=args.device,
+                     progress=bar.update, on_result=on_result)
+    return EXIT_USER_ERROR if failed else 0
+
+
+def format_info(path: str, header, file_size: int) -> str:
+    """Human-readable description of a ``.codes`` header (used by ``codec info``)."""
+    h = header
+    actual = file_size * 8 / h.duration if h.duration > 0 else float("nan")
+    ch = f"{h.channels}" + (" (downmixed from %d)" % h.orig_channels if h.channels != h.orig_channels else "")
+    lines = [
+        f"file:         {path}",
+        f"format:       .codes version {h.version}",
+        f"model:        {h.model_name} (weights sha256 {h.weights_sha256.hex()[:16]})",
+        f"sample rate:  {h.sample_rate} Hz (model), {h.orig_sample_rate} Hz (original)",
+        f"frame rate:   {h.frame_rate:g} Hz (hop {h.hop_length} samples)",
+        f"codebook:     {h.codebook_size} entries, {h.bits_per_code} bits per code",
+        f"levels:       {h.num_levels}",
+        f"channels:     {ch}",
+        f"frames:       {h.num_frames}",
+        f"duration:     {h.duration:.3f} s ({h.orig_length} samples)",
+        f"bitrate:      {h.bitrate / 1000:.3f} kbps nominal, {actual / 1000:.3f} kbps with header "
+        f"({file_size} bytes, header {h.header_size} + CRC 4)",
+    ]
+    return "\n".join(lines)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .codes_format import read_header
+
+    out, failed = [], 0
+    for i, f in enumerate(args.files):
+        try:
+            h = read_header(f, verify=True)
+        except CodecError as exc:
+            _err(str(exc))
+            failed += 1
+            continue
+        size = os.path.getsize(f)
+        if args.json:
+            d = h.to_dict()
+            d["file"] = str(f)
+            out.append(d)
+        else:
+            if i:
+                print()
+            print(format_info(f, h, size))
+    if args.json:
+        print(json.dumps(out if len(args.files) > 1 else (out[0] if out else None), indent=2))
+    return EXIT_USER_ERROR if failed else 0
+
+
+def _cmd_trim(args: argparse.Namespace) -> int:
+    from .codes_format import trim_levels
+    from .transcode import check_not_same_file
+
+    check_not_same_file(args.input, args.output)
+    h = trim_levels(args.input, args.output, args.nq)
+    if not args.quiet:
+        print(f"{args.input} -> {args.output}: {h.num_levels} levels, {h.bitrate / 1000:.2f} kbps, "
+              f"{_human_bytes(h.file_size)}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+# ---------------------------------------------------------------------------------------------
+# parser
+# ---------------------------------------------------------------------------------------------
+
+def _common(p: argparse.ArgumentParser, device: bool = True) -> None:
+    if device:
+        p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no per-file lines")
+
+
+def build_parser(lazy: Optional[str] = None) -> argparse.ArgumentParser:
+    """Build the argument parser; ``lazy`` names the one delegated subcommand whose module is imported."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog=PROG, formatter_class=fmt,
+        description="Neural audio codec: audio files <-> compact .codes files at a chosen bitrate.",
+        epilog="examples:\n  codec encode in.wav out.codes --nq 8\n  codec decode out.codes back.wav\n"
+               "  codec info out.codes\n  codec demo\n\nRun 'codec COMMAND -h' for details.",
+    )
+    try:
+        from importlib.metadata import version as _v
+
+        ver = _v("codec")
+    except Exception:  # pragma: no cover
+        ver = "unknown"
+    parser.add_argument("--version", action="version", version=f"codec {ver}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("encode", help="audio file(s) -> .codes", formatter_class=fmt, epilog=_EPILOGS["encode"],
+                       description="Encode audio to .codes files (streamed: memory stays flat for long files).")
+    p.add_argument("inputs", nargs="+", metavar="IN", help="input audio file(s) or directories")
+    p.add_argument("output", metavar="OUT", help="output .codes file (one input) or directory")
+    p.add_argument("--nq", type=_int, default=None, help="levels to store (default: 8, or the model's maximum if lower)")
+    p.add_argument("--model", default=None, help="model directory or pretrained name (default: speech-24k in pretrained/)")
+    p.add_argument("--channels", choices=("mono", "keep"), default="mono",
+                   help="mono: downmix (default); keep: one code stream per channel (max 8)")
+    p.add_argument("--batch-size", type=_positive_int, default=1, help="code streams encoded together (default 1)")
+    _common(p)
+    p.set_defaults(func=_cmd_encode)
+
+    p = sub.add_parser("decode", help=".codes file(s) -> audio", formatter_class=fmt, epilog=_EPILOGS["decode"],
+                       description="Decode .codes files to audio (wav/flac/ogg), streamed.")
+    p.add_argument("inputs", nargs="+", metavar="IN", help=".codes file(s) or directories")
+    p.add_argument("output", metavar="OUT", help="output audio file (.wav/.flac/.ogg; one input) or directory")
+    p.add_argument("--nq", type=_int, default=None, help="decode with only the first K levels (default: all stored)")
+    p.add_argument("--model", default=None, help="model directory or name (default: the model named in the file)")
+    p.add_argument("--sample-rate", type=_int, default=None, help="output sample rate (default: the original one)")
+    p.add_argument("--batch-size", type=_positive_int, default=1, help="code streams decoded together (default 1)")
+    _common(p)
+    p.set_defaults(func=_cmd_decode)
+
+    p = sub.add_parser("info", help="describe .codes file(s)", formatter_class=fmt, epilog=_EPILOGS["info"],
+                       description="Print the header of .codes files: model, rates, levels, duration, bitrate.")
+    p.add_argument("files", nargs="+", metavar="FILE.codes")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("trim", help="keep only the first levels of a .codes file", formatter_class=fmt,
+                       epilog=_EPILOGS["trim"],
+                       description="Cut a .codes file to fewer levels without re-encoding (no model needed).")
+    p.add_argument("input", metavar="IN.codes")
+    p.add_argument("output", metavar="OUT.codes")
+    p.add_argument("--nq", type=_int, required=True, help="levels to keep")
+    _common(p, device=False)
+    p.set_defaults(func=_cmd_trim)
+
+    p = sub.add_parser("demo", help="encode + decode the shipped sample at several bitrates", formatter_class=fmt,
+                       epilog=_EPILOGS["demo"],
+                       description="Encode and decode pretrained/samples/*.wav with the shipped model at several "
+                                   "--nq values; write decoded wavs and print bitrate and quality per nq.")
+    p.add_argument("--model", default=None, help="model directory or name (default: speech-24k in pretrained/)")
+    p.add_argument("--nq", default="1,2,4,8", help="comma-separated levels to try (default 1,2,4,8)")
+    p.add_argument("--out-dir", default="demo-out", help="where decoded wavs go (default ./demo-out)")
+    p.add_argument("--samples", nargs="*", default=None, help="audio files to use (default pretrained/samples/*.wav)")
+    _common(p)
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("bench", help="speed, streaming cost, quantizer throughput, memory", formatter_class=fmt,
+                       epilog=_EPILOGS["bench"], add_help=lazy == "bench",
+                       description="Benchmark the codec on this machine.")
+    if lazy == "bench":
+        from . import bench as _bench
+
+        _bench.add_arguments(p)
+        p.set_defaults(func=_bench.run)
+
+    for name, (module, help_text) in _LAZY.items():
+        p = sub.add_parser(name, help=help_text, formatter_class=fmt, add_help=lazy == name,
+                           description=help_text)
+        if lazy == name:
+            mod = _import_delegate(name, module)
+            mod.add_arguments(p)
+            p.set_defaults(func=mod.run)
+    return parser
+
+
+def _import_delegate(name: str, module: str):
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and (exc.name == module or module.startswith(exc.name + ".")):
+            raise CodecError(f"'codec {name}' is not available yet: the module {module} is missing.") from None
+        raise CodecError(f"'codec {name}' needs the package '{exc.name}', which is not installed.") from None
+
+
+def _subcommand(argv: Sequence[str]) -> Optional[str]:
+    for tok in argv:
+        if not tok.startswith("-"):
+            return tok
+    return None
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the CLI with ``argv`` (default ``sys.argv[1:]``) and return the exit status (0, 2 or 130)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        cmd = _subcommand(argv)
+        lazy = cmd if cmd in ("bench", *_LAZY) else None
+        parser = build_parser(lazy)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # argparse: -h (0) or usage error (2)
+            return int(exc.code) if isinstance(exc.code, int) else EXIT_USER_ERROR
+        return int(args.func(args) or 0)
+    except CodecError as exc:
+        _err(str(exc))
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: interrupted; no partial output was kept.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. `codec info x.codes | head`
+        return 0
+    except OSError as exc:
+        where = f" '{exc.filename}'" if getattr(exc, "filename", None) else ""
+        _err(f"{exc.strerror or exc}{where}.")
+        return EXIT_USER_ERROR
+    except RuntimeError as exc:
+        # libsndfile errors (soundfile.LibsndfileError is a RuntimeError) become one sentence
+        if type(exc).__name__ == "LibsndfileError":
+            _err(f"audio file error: {str(exc).strip().rstrip('.')}.")
+            return EXIT_USER_ERROR
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""``codec bench``: encode/decode speed (x real time), streaming per-chunk cost, quantizer throughput and
+peak memory on this machine, printed as a table and optionally written as JSON (``--json FILE``).
+
+The measurements themselves live with their owners: ``codec.model_benchmark.benchmark_model`` /
+``benchmark_streaming`` / ``peak_memory_streaming`` (model) and ``codec.quantization.benchmark.bench_rvq``
+(quantizer).  This module picks the model, calls them with the arguments they accept, and formats results.
+``codec bench rvq`` runs the quantizer part only.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import math
+import platform
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+from .errors import CodecError
+
+__all__ = ["add_arguments", "run", "collect", "format_tables", "call_with_accepted"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``codec bench``."""
+    parser.add_argument("what", nargs="?", choices=("all", "model", "rvq"), default="all",
+                        help="all (default), model (codec speed, streaming, memory) or rvq (quantizer only)")
+    parser.add_argument("--model", default=None,
+                        help="model directory or name (default: shipped speech-24k, else random weights of --preset)")
+    parser.add_argument("--preset", default="24khz", help="config preset used when no trained model exists (24khz)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="audio length for speed runs (default 10)")
+    parser.add_argument("--nq", type=int, default=None, help="levels used (default: 8 or the model's maximum)")
+    parser.add_argument("--device", default=None, help="torch device (default cpu)")
+    parser.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON to FILE")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors (use with --json)")
+
+
+def call_with_accepted(fn: Callable[..., Any], **kwargs: Any) -> Any:
+    """Call ``fn`` with only the keyword arguments its signature accepts (None values are dropped)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # pragma: no cover
+        return fn(**{k: v for k, v in kwargs.items() if v is not None})
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return fn(**{k: v for k, v in kwargs.items() if v is not None})
+    return fn(**{k: v for k, v in kwargs.items() if k in params and v is not None})
+
+
+def _plain(obj: Any) -> Any:
+    """Make benchmark results JSON-friendly (dataclasses, tensors, numpy scalars)."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _plain(dataclasses.asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 0) == 0:
+        return obj.item()
+    if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
+        return None
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+def _get_model(args: argparse.Namespace):
+    from .transcode import resolve_model
+
+    if args.model is not None:
+        return resolve_model(args.model, args.device)
+    try:
+        return resolve_model(None, args.device)
+    except CodecError:
+        from . import CodecConfig, CodecModel
+
+        model = CodecModel(CodecConfig.preset(args.preset)).eval()
+        if args.device:
+            model = model.to(args.device)
+        return model, f"random weights, preset '{args.preset}'"
+
+
+def collect(args: argparse.Namespace) -> Dict[str, Any]:
+    """Run the selected benchmarks and return a JSON-friendly dict of sections."""
+    import torch
+
+    out: Dict[str, Any] = {
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "device": args.device or "cpu"},
+    }
+    if args.what in ("all", "model"):
+        try:
+            from . import model_benchmark as mb
+        except ImportError as exc:
+            raise CodecError(f"the model benchmarks are not available yet ({exc}).") from None
+        model, name = _get_model(args)
+        nq = args.nq or min(8, int(model.num_quantizers))
+        out["model"] = {"name": name, "sample_rate": int(model.sample_rate), "nq": nq,
+                        "kbps": float(model.bitrate(nq)) / 1000.0}
+        common = dict(model=model, seconds=args.seconds, duration=args.seconds, nq=nq, n_q=nq, device=args.device)
+        for key, fname in (("offline", "benchmark_model"), ("streaming", "benchmark_streaming"),
+                           ("memory", "peak_memory_streaming")):
+            fn = getattr(mb, fname, None)
+            if fn is None:
+                out[key] = {"error": f"codec.model_benchmark.{fname} is missing"}
+                continue
+            t0 = time.perf_counter()
+            out[key] = _plain(call_with_accepted(fn, **common))
+            if not isinstance(out[key], dict):
+                out[key] = {"result": out[key]}
+            out[key].setdefault("wall_seconds", round(time.perf_counter() - t0, 3))
+    if args.what in ("all", "rvq"):
+        try:
+            from .quantization.benchmark import bench_rvq
+        except ImportError as exc:
+            raise CodecError(f"the quantizer benchmark is not available yet ({exc}).") from None
+        res = _plain(call_with_accepted(bench_rvq, device=args.device))
+        out["rvq"] = res if isinstance(res, dict) else {"results": res}
+    return out
+
+
+def _flatten(prefix: str, obj: Any, rows: List[List[str]]) -> None:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, rows)
+    elif isinstance(obj, list) and obj and all(isinstance(v, dict) for v in obj):
+        for i, v in enumerate(obj):
+            _flatten(f"{prefix}[{i}]", v, rows)
+    else:
+        if isinstance(obj, float):
+            val = f"{obj:.4g}"
+        else:
+            val = str(obj)
+        rows.append([prefix, val])
+
+
+def format_tables(results: Dict[str, Any]) -> str:
+    """Two-column text table per section (nested keys are dotted)."""
+    parts = []
+    for section, body in results.items():
+        rows: List[List[str]] = []
+        _flatten("", body, rows)
+        if not rows:
+            continue
+        w = max(len(r[0]) for r in rows)
+        parts.append(f"[{section}]\n" + "\n".join(f"  {k.ljust(w)}  {v}" for k, v in rows))
+    return "\n\n".join(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``codec bench``; returns 0."""
+    results = collect(args)
+    if not args.quiet:
+        print(format_tables(results))
+    if args.json:
+        from pathlib import Path
+
+        from .audio import atomic_output
+
+        with atomic_output(Path(args.json)) as tmp:
+            tmp.write_text(json.dumps(results, indent=2) + "\n")
+        if not args.quiet:
+            print(f"\nwrote {args.json}")
+    return 0

@@ -177,9 +177,9 @@ def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
         raise CodecError(f"invalid sample rates for resampling: {sr_in} -> {sr_out}.")
     lead = x.shape[:-1]
     t = x.shape[-1]
-    flat = x.reshape(-1, t)
     if t == 0:
         return np.zeros(lead + (0,), dtype=np.float32)
+    flat = x.reshape(-1, t)
     # soxr wants [T, C]
     y = soxr.resample(np.ascontiguousarray(flat.T), int(sr_in), int(sr_out), quality="HQ")
     y = np.asarray(y, dtype=np.float32)

@@ -190,9 +190,18 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 def _cmd_decode(args: argparse.Namespace) -> int:
     from .transcode import DecodeJob, decode_files
 
+    from .codes_format import read_header
+
     pairs = plan_jobs(args.inputs, args.output, {".codes"}, ".wav")
+    total = 0.0
+    for src, _ in pairs:
+        try:
+            h = read_header(src, verify=False)
+            total += h.num_frames / h.frame_rate
+        except CodecError:
+            pass
     failed = 0
-    with _progress_bar(args, None, "decode") as bar:
+    with _progress_bar(args, total or None, "decode") as bar:
         def on_result(r) -> None:
             nonlocal failed
             if r.error:

@@ -593,8 +593,6 @@ def decode_files(
 
     if sample_rate is not None and not 1000 <= sample_rate <= 384000:
         raise CodecError(f"--sample-rate {sample_rate} is out of range (1000 to 384000 Hz).")
-    if nq is not None and nq < 1:
-        raise CodecError(f"--nq {nq} is out of range: it must be at least 1.")
 
     # validate and group: (model key, nq) -> list of (index, job, CodesFile)
     groups: Dict[Tuple[str, int], List[Tuple[int, DecodeJob, CodesFile]]] = {}
@@ -643,33 +641,32 @@ def decode_files(
             states: List[Tuple[int, _DecState]] = []
             try:
                 with ExitStack() as stack:
-                    if True:
-                        slot = 0
-                        for i, job, cf in batch:
-                            out_sr = sample_rate or cf.header.orig_sample_rate
-                            st = _DecState(job, cf, use_nq, out_sr, stack)
-                            st.slot = slot
-                            slot += st.streams
-                            states.append((i, st))
-                        max_frames = max(st.frames for _, st in states)
-                        with torch.inference_mode():
-                            dec = m.stream_decoder(streams)
-                            for pos in range(0, max_frames, fchunk):
-                                f = min(fchunk, max_frames - pos)
-                                codes = np.zeros((streams, use_nq, f), np.int64)
-                                for _, st in states:
-                                    seg = st.cf.codes[:, :use_nq, pos: pos + f]
-                                    codes[st.slot: st.slot + st.streams, :, : seg.shape[-1]] = seg
-                                audio = dec.feed(torch.from_numpy(codes).to(dev)).detach().to("cpu").float().numpy()
-                                for _, st in states:
-                                    valid = min(f, st.frames - pos)
-                                    if valid > 0:
-                                        st.write(audio[st.slot: st.slot + st.streams, 0, : valid * hop])
-                                        if progress is not None:
-                                            progress(valid * hop / sr)
-                            dec.flush()
-                        for _, st in states:
-                            st.finish()
+                    slot = 0
+                    for i, job, cf in batch:
+                        out_sr = sample_rate or cf.header.orig_sample_rate
+                        st = _DecState(job, cf, use_nq, out_sr, stack)
+                        st.slot = slot
+                        slot += st.streams
+                        states.append((i, st))
+                    max_frames = max(st.frames for _, st in states)
+                    with torch.inference_mode():
+                        dec = m.stream_decoder(streams)
+                        for pos in range(0, max_frames, fchunk):
+                            f = min(fchunk, max_frames - pos)
+                            codes = np.zeros((streams, use_nq, f), np.int64)
+                            for _, st in states:
+                                seg = st.cf.codes[:, :use_nq, pos: pos + f]
+                                codes[st.slot: st.slot + st.streams, :, : seg.shape[-1]] = seg
+                            audio = dec.feed(torch.from_numpy(codes).to(dev)).detach().to("cpu").float().numpy()
+                            for _, st in states:
+                                valid = min(f, st.frames - pos)
+                                if valid > 0:
+                                    st.write(audio[st.slot: st.slot + st.streams, 0, : valid * hop])
+                                    if progress is not None:
+                                        progress(valid * hop / sr)
+                        dec.flush()
+                    for _, st in states:
+                        st.finish()
             except CodecError as exc:
                 for i, job, _ in batch:
                     finish(i, JobResult(job.src, job.dst, error=str(exc)))

@@ -1,0 +1,103 @@
+"""``codec train`` / ``python -m codec.train``: train from a YAML recipe, resume, or export a run.
+
+Examples::
+
+    codec train recipes/tiny-cpu.yaml train.steps=200 data.batch_size=4
+    codec train recipes/tiny-cpu.yaml --resume              # latest checkpoint in train.out_dir
+    torchrun --nproc_per_node 4 -m codec.train recipes/speech-24k.yaml
+    codec train --export runs/tiny pretrained/my-model      # best checkpoint -> save_pretrained dir
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional, Sequence
+
+from codec.errors import CodecError
+
+__all__ = ["add_arguments", "run", "main"]
+
+EPILOG = """examples:
+  codec train recipes/tiny-cpu.yaml                          # trains visibly in minutes on a CPU
+  codec train recipes/tiny-cpu.yaml train.steps=200 data.batch_size=4 train.out_dir=runs/t
+  codec train recipes/speech-24k.yaml --resume               # continue from the latest checkpoint
+  torchrun --nproc_per_node 4 -m codec.train recipes/speech-24k.yaml
+  codec train recipes/speech-24k.yaml model.init_from=speech-24k data.train=my.jsonl   # fine-tune
+  codec train --export runs/speech-24k pretrained/my-model  # best checkpoint -> model dir + README.md
+
+Overrides are dotted section.key=value pairs (values parsed as YAML); CodecConfig fields go to
+model.overrides.<field>=value.  SIGINT/SIGTERM save a checkpoint and stop cleanly."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``codec train`` arguments to ``parser``."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EPILOG
+    parser.add_argument("config", nargs="?", default=None, help="training recipe (YAML), e.g. recipes/tiny-cpu.yaml")
+    parser.add_argument("overrides", nargs="*", default=[], help="section.key=value overrides")
+    parser.add_argument("--resume", action="store_true",
+                        help="resume from the latest checkpoint in train.out_dir (same as train.resume=auto)")
+    parser.add_argument("--resume-from", default=None, metavar="CKPT", help="resume from this checkpoint file")
+    parser.add_argument("--out-dir", default=None, help="shortcut for train.out_dir=...")
+    parser.add_argument("--steps", type=int, default=None, help="shortcut for train.steps=...")
+    parser.add_argument("--export", nargs=2, metavar=("RUN_DIR", "OUT_DIR"), default=None,
+                        help="export the best checkpoint of RUN_DIR as a save_pretrained directory and exit")
+    parser.add_argument("--checkpoint", default="best", help="with --export: 'best', 'latest' or a file")
+    parser.add_argument("--print-config", action="store_true", help="print the merged config and exit")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``codec train`` with parsed ``args``; returns the exit status."""
+    if args.export:
+        from .export import export_run
+
+        out = export_run(args.export[0], args.export[1], checkpoint=args.checkpoint)
+        print(f"exported {out}")
+        return 0
+    if not args.config:
+        raise CodecError("give a training config (e.g. recipes/tiny-cpu.yaml) or --export RUN_DIR OUT_DIR.")
+    from .config import dump_config, load_config
+
+    overrides: List[str] = list(args.overrides)
+    if args.out_dir:
+        overrides.append(f"train.out_dir={args.out_dir}")
+    if args.steps is not None:
+        overrides.append(f"train.steps={args.steps}")
+    if args.resume_from:
+        overrides.append(f"train.resume={args.resume_from}")
+    elif args.resume:
+        overrides.append("train.resume=auto")
+    cfg = load_config(args.config, overrides)
+    if args.print_config:
+        print(dump_config(cfg))
+        return 0
+    from .trainer import Trainer
+
+    trainer = Trainer(cfg)
+    trainer.fit()
+    try:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:  # noqa: BLE001
+        pass
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m codec.train`` entry point; user errors print ``codec: error: ...`` and exit 2."""
+    parser = argparse.ArgumentParser(prog="python -m codec.train", description="Train a codec model.")
+    add_arguments(parser)
+    try:
+        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as exc:
+        return int(exc.code) if isinstance(exc.code, int) else 2
+    try:
+        return run(args)
+    except CodecError as exc:
+        print(f"codec: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ncodec: interrupted.", file=sys.stderr)
+        return 130

@@ -1,0 +1,135 @@
+"""Export a training run as a ``save_pretrained`` model directory with a model card.
+
+``python -m codec.train.export RUN_DIR OUT_DIR [--checkpoint best|latest|FILE]`` (or
+``codec train --export RUN_DIR OUT_DIR``): loads the best checkpoint (by validation loss; the latest one
+when no validation ran), takes the EMA weights when the run used EMA, writes the model with
+``model.save_pretrained(OUT_DIR)`` (safetensors + config.json), the discriminators as
+``discriminator.safetensors`` (for fine-tuning with ``model.init_from``) and a ``README.md`` model card
+(data, steps, hours, metrics).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Union
+
+from codec.errors import CodecError
+
+__all__ = ["export_run", "model_card", "main"]
+
+
+def _pick_checkpoint(run_dir: Path, checkpoint: str) -> Path:
+    from .trainer import find_latest_checkpoint
+
+    if checkpoint not in ("best", "latest"):
+        return Path(checkpoint)
+    if checkpoint == "best" and (run_dir / "best.pt").is_file():
+        return run_dir / "best.pt"
+    latest = find_latest_checkpoint(run_dir)
+    if latest is None:
+        raise CodecError(f"no checkpoint found in '{run_dir}'.")
+    return latest
+
+
+def model_card(state: Dict[str, Any], name: str) -> str:
+    """Markdown model card from a checkpoint state (config, steps, hours, validation metrics)."""
+    cfg = state.get("config") or {}
+    data = cfg.get("data", {})
+    mc = state.get("model_config") or {}
+    metrics = state.get("best_metrics") or {}
+    lines = [f"# {name}", "", "Neural audio codec trained with `codec train` "
+             f"(exported {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}).", "",
+             "## Model", ""]
+    for k in ("sample_rate", "strides", "latent_dim", "num_quantizers", "codebook_size", "codebook_dim"):
+        if k in mc:
+            lines.append(f"- {k}: {mc[k]}")
+    lines += ["", "## Training", "",
+              f"- steps: {state.get('step')}",
+              f"- wall-clock training time: {float(state.get('elapsed', 0.0)) / 3600:.2f} h",
+              f"- audio seen: {float(state.get('audio_seconds', 0.0)) / 3600:.2f} h",
+              f"- training data: {data.get('train')} ({float(state.get('train_hours', 0.0)):.2f} h in the manifest)",
+              f"- validation data: {data.get('valid')}",
+              f"- crop: {data.get('crop_seconds')} s, batch size {data.get('batch_size')}",
+              f"- recipe: model preset `{cfg.get('model', {}).get('preset')}`, "
+              f"lr {cfg.get('optim', {}).get('lr')}, adversarial from step {cfg.get('adversarial', {}).get('start_step')}"
+              f" ({'on' if cfg.get('adversarial', {}).get('enabled') else 'off'})",
+              f"- weights: {'EMA' if state.get('ema') is not None else 'raw'}",
+              "", "## Validation metrics (best checkpoint)", ""]
+    if metrics:
+        lines += ["| metric | value |", "|---|---|"]
+        for k, v in sorted(metrics.items()):
+            lines.append(f"| {k} | {v:.3f} |")
+    else:
+        lines.append("No validation was run.")
+    lines += ["", "Mel = multi-scale log-mel distance (lower is better); SI-SDR in dB (higher is better).", ""]
+    return "\n".join(lines)
+
+
+def export_run(run_dir: Union[str, Path], out_dir: Union[str, Path], checkpoint: str = "best",
+               name: Optional[str] = None) -> Path:
+    """Export ``run_dir``'s best (or ``checkpoint``) state to ``out_dir``; returns ``out_dir``."""
+    from .trainer import build_model, load_checkpoint
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if not run_dir.is_dir():
+        raise CodecError(f"run directory '{run_dir}' does not exist.")
+    ck = _pick_checkpoint(run_dir, checkpoint)
+    state = load_checkpoint(ck)
+    cfg = state["config"]
+    model_cfg = dict(cfg["model"])
+    model_cfg["init_from"] = None  # the architecture is in the checkpoint; no need for the original weights
+    model = _model_from_state(state, model_cfg)
+    weights = state["ema"] if state.get("ema") is not None else state["model"]
+    model.load_state_dict(weights)
+    model.eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out_dir))
+    if state.get("disc") is not None:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state["disc"].items()}, str(out_dir / "discriminator.safetensors"))
+    (out_dir / "README.md").write_text(model_card(state, name or out_dir.name))
+    (out_dir / "training.json").write_text(json.dumps({
+        "checkpoint": str(ck), "step": state.get("step"), "best_metrics": state.get("best_metrics"),
+        "elapsed_hours": float(state.get("elapsed", 0.0)) / 3600, "config": cfg}, indent=2))
+    return out_dir
+
+
+def _model_from_state(state: Dict[str, Any], model_cfg: Dict[str, Any]):
+    mc = state.get("model_config")
+    if mc:
+        from codec.config import CodecConfig
+        from codec.model import CodecModel
+
+        try:
+            ccfg = CodecConfig.from_dict(mc) if hasattr(CodecConfig, "from_dict") else CodecConfig(**mc)
+            return CodecModel(ccfg)
+        except Exception:  # noqa: BLE001 - fall back on preset + overrides
+            pass
+    from .trainer import build_model
+
+    return build_model(model_cfg)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m codec.train.export RUN_DIR OUT_DIR [--checkpoint best|latest|FILE]``."""
+    p = argparse.ArgumentParser(prog="python -m codec.train.export", description=__doc__.split("\n")[0])
+    p.add_argument("run_dir")
+    p.add_argument("out_dir")
+    p.add_argument("--checkpoint", default="best")
+    p.add_argument("--name", default=None)
+    args = p.parse_args(argv)
+    try:
+        out = export_run(args.run_dir, args.out_dir, args.checkpoint, args.name)
+    except CodecError as exc:
+        print(f"codec: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"exported {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

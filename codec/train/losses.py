@@ -1,0 +1,223 @@
+"""Reconstruction and adversarial losses for codec training (mask-aware).
+
+All reconstruction losses take ``x`` (reference) and ``y`` (estimate) shaped ``[B, 1, T]`` (or ``[B, T]``)
+and optional ``lengths`` (``LongTensor [B]``, valid samples per item).  Spectrogram losses use
+``center=False`` frames and count a frame only when it lies entirely inside the item's valid samples,
+so the samples after ``lengths[b]`` (padding) never influence the loss of item ``b``.
+
+``reduction="none"`` returns per-item losses ``[B]``; ``"mean"`` returns the frame-weighted mean over all
+valid frames of the batch, which equals the per-item loss when the batch holds one item (padding added
+to an item therefore never changes the value).
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "mel_filterbank",
+    "sample_mask",
+    "MultiScaleMelLoss",
+    "MultiResolutionSTFTLoss",
+    "masked_l1",
+    "generator_adversarial_loss",
+    "discriminator_adversarial_loss",
+    "feature_matching_loss",
+]
+
+
+def _hz_to_mel(f: np.ndarray) -> np.ndarray:
+    # Slaney scale: linear below 1 kHz, logarithmic above
+    f = np.asarray(f, dtype=np.float64)
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel, logstep = min_log_hz / f_sp, math.log(6.4) / 27.0
+    return np.where(f >= min_log_hz, min_log_mel + np.log(np.maximum(f, 1e-10) / min_log_hz) / logstep, f / f_sp)
+
+
+def _mel_to_hz(m: np.ndarray) -> np.ndarray:
+    m = np.asarray(m, dtype=np.float64)
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel, logstep = min_log_hz / f_sp, math.log(6.4) / 27.0
+    return np.where(m >= min_log_mel, min_log_hz * np.exp(logstep * (m - min_log_mel)), f_sp * m)
+
+
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0,
+                   fmax: Optional[float] = None) -> Tensor:
+    """Triangular Slaney-normalised mel filterbank ``[n_mels, n_fft // 2 + 1]`` (float32 tensor)."""
+    fmax = sample_rate / 2 if fmax is None else fmax
+    freqs = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
+    edges = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
+    fdiff = np.diff(edges)
+    ramps = edges[:, None] - freqs[None, :]
+    lower = -ramps[:-2] / np.maximum(fdiff[:-1, None], 1e-10)
+    upper = ramps[2:] / np.maximum(fdiff[1:, None], 1e-10)
+    w = np.maximum(0.0, np.minimum(lower, upper))
+    w = w * (2.0 / np.maximum(edges[2:n_mels + 2] - edges[:n_mels], 1e-10))[:, None]
+    return torch.from_numpy(w.astype(np.float32))
+
+
+def sample_mask(lengths: Optional[Tensor], batch: int, length: int, device: torch.device) -> Tensor:
+    """Bool mask ``[B, T]``: True at valid samples (all True when ``lengths`` is None)."""
+    if lengths is None:
+        return torch.ones(batch, length, dtype=torch.bool, device=device)
+    return torch.arange(length, device=device)[None, :] < lengths.to(device)[:, None]
+
+
+def _flat(x: Tensor) -> Tensor:
+    if x.dim() == 3:
+        if x.shape[1] != 1:
+            x = x.mean(dim=1)
+        else:
+            x = x[:, 0]
+    return x.float()
+
+
+def _frame_mask(lengths: Optional[Tensor], batch: int, n_frames: int, win: int, hop: int,
+                device: torch.device) -> Tensor:
+    """Float mask ``[B, frames]``: 1 where frame ``f`` (samples ``f*hop .. f*hop+win``) is fully valid."""
+    if lengths is None:
+        return torch.ones(batch, n_frames, device=device)
+    ends = torch.arange(n_frames, device=device) * hop + win
+    return (ends[None, :] <= lengths.to(device)[:, None]).float()
+
+
+def _reduce(per_item_sum: Tensor, per_item_count: Tensor, reduction: str) -> Tensor:
+    if reduction == "none":
+        return per_item_sum / per_item_count.clamp_min(1.0)
+    if reduction == "sum":
+        return per_item_sum.sum()
+    return per_item_sum.sum() / per_item_count.sum().clamp_min(1.0)
+
+
+class _STFT(nn.Module):
+    def __init__(self, win: int, hop: int):
+        super().__init__()
+        self.win, self.hop = int(win), int(hop)
+        self.register_buffer("window", torch.hann_window(self.win), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[B, T]`` -> magnitude ``[B, F, frames]`` (``center=False``; signals shorter than one window are padded)."""
+        if x.shape[-1] < self.win:
+            x = F.pad(x, (0, self.win - x.shape[-1]))
+        spec = torch.stft(x, n_fft=self.win, hop_length=self.hop, win_length=self.win,
+                          window=self.window.to(x.dtype), center=False, return_complex=True)
+        return spec.abs()
+
+
+class MultiScaleMelLoss(nn.Module):
+    """DAC-style multi-scale mel loss: for each window size, L1 between ``log10(max(mel, eps))``
+    of reference and estimate (plus ``mag_weight`` times L1 of linear mel magnitudes); scales are summed.
+
+    Args:
+        sample_rate: audio rate.
+        windows: STFT window sizes (samples); hop = window // 4.
+        n_mels: mel bands per window.
+        eps: magnitude floor before the log.
+        mag_weight: weight of the linear-magnitude term (DAC default 0).
+    """
+
+    def __init__(self, sample_rate: int, windows: Sequence[int] = (32, 64, 128, 256, 512, 1024, 2048),
+                 n_mels: Sequence[int] = (5, 10, 20, 40, 80, 160, 320), eps: float = 1e-5, mag_weight: float = 0.0):
+        super().__init__()
+        if len(windows) != len(n_mels):
+            raise ValueError("windows and n_mels must have the same length")
+        self.sample_rate = int(sample_rate)
+        self.eps, self.mag_weight = float(eps), float(mag_weight)
+        self.stfts = nn.ModuleList([_STFT(w, max(1, w // 4)) for w in windows])
+        for i, (w, m) in enumerate(zip(windows, n_mels)):
+            self.register_buffer(f"fb{i}", mel_filterbank(self.sample_rate, int(w), int(m)), persistent=False)
+
+    def forward(self, x: Tensor, y: Tensor, lengths: Optional[Tensor] = None, reduction: str = "mean") -> Tensor:
+        """``x, y [B, 1, T]``, ``lengths [B]`` -> scalar (or ``[B]`` with ``reduction='none'``)."""
+        xf, yf = _flat(x), _flat(y)
+        total = xf.new_zeros(xf.shape[0]) if reduction == "none" else xf.new_zeros(())
+        for i, stft in enumerate(self.stfts):
+            fb = getattr(self, f"fb{i}")
+            mx = torch.matmul(fb, stft(xf))          # [B, n_mels, frames]
+            my = torch.matmul(fb, stft(yf))
+            mask = _frame_mask(lengths, xf.shape[0], mx.shape[-1], stft.win, stft.hop, xf.device)
+            diff = (torch.log10(mx.clamp_min(self.eps)) - torch.log10(my.clamp_min(self.eps))).abs()
+            if self.mag_weight:
+                diff = diff + self.mag_weight * (mx - my).abs()
+            per_sum = (diff.mean(dim=1) * mask).sum(dim=1)
+            total = total + _reduce(per_sum, mask.sum(dim=1), reduction)
+        return total
+
+
+class MultiResolutionSTFTLoss(nn.Module):
+    """Multi-resolution STFT loss: spectral convergence + L1 of log magnitudes, averaged over resolutions."""
+
+    def __init__(self, windows: Sequence[int] = (512, 1024, 2048), eps: float = 1e-5):
+        super().__init__()
+        self.eps = float(eps)
+        self.stfts = nn.ModuleList([_STFT(w, max(1, w // 4)) for w in windows])
+
+    def forward(self, x: Tensor, y: Tensor, lengths: Optional[Tensor] = None, reduction: str = "mean") -> Tensor:
+        """``x, y [B, 1, T]`` -> scalar (or ``[B]``)."""
+        xf, yf = _flat(x), _flat(y)
+        total = xf.new_zeros(xf.shape[0]) if reduction == "none" else xf.new_zeros(())
+        for stft in self.stfts:
+            sx, sy = stft(xf), stft(yf)
+            mask = _frame_mask(lengths, xf.shape[0], sx.shape[-1], stft.win, stft.hop, xf.device)[:, None, :]
+            num = (((sx - sy) ** 2) * mask).sum(dim=(1, 2))
+            den = ((sx ** 2) * mask).sum(dim=(1, 2))
+            sc = torch.sqrt(num + 1e-12) / torch.sqrt(den + 1e-12)
+            logmag = ((torch.log(sx.clamp_min(self.eps)) - torch.log(sy.clamp_min(self.eps))).abs() * mask).mean(dim=1)
+            count = mask[:, 0, :].sum(dim=1)
+            per_log = logmag.sum(dim=1)
+            if reduction == "none":
+                total = total + sc + per_log / count.clamp_min(1.0)
+            else:
+                w = count / count.sum().clamp_min(1.0)
+                total = total + (sc * w).sum() + per_log.sum() / count.sum().clamp_min(1.0)
+        return total / len(self.stfts)
+
+
+def masked_l1(x: Tensor, y: Tensor, lengths: Optional[Tensor] = None, reduction: str = "mean") -> Tensor:
+    """Time-domain L1 over valid samples only. ``x, y [B, 1, T]`` -> scalar (or ``[B]``)."""
+    xf, yf = _flat(x), _flat(y)
+    mask = sample_mask(lengths, xf.shape[0], xf.shape[-1], xf.device).float()
+    per_sum = ((xf - yf).abs() * mask).sum(dim=1)
+    return _reduce(per_sum, mask.sum(dim=1), reduction)
+
+
+def discriminator_adversarial_loss(real_logits: List[Tensor], fake_logits: List[Tensor], kind: str = "lsgan") -> Tensor:
+    """Discriminator loss summed over sub-discriminators (LSGAN: ``(1-D(x))^2 + D(G(z))^2``; or hinge)."""
+    loss = real_logits[0].new_zeros(())
+    for r, f in zip(real_logits, fake_logits):
+        if kind == "hinge":
+            loss = loss + F.relu(1 - r).mean() + F.relu(1 + f).mean()
+        else:
+            loss = loss + ((1 - r) ** 2).mean() + (f ** 2).mean()
+    return loss
+
+
+def generator_adversarial_loss(fake_logits: List[Tensor], kind: str = "lsgan") -> Tensor:
+    """Generator adversarial loss summed over sub-discriminators (LSGAN ``(1-D(G(z)))^2``; hinge ``-D``)."""
+    loss = fake_logits[0].new_zeros(())
+    for f in fake_logits:
+        loss = loss + ((-f).mean() if kind == "hinge" else ((1 - f) ** 2).mean())
+    return loss
+
+
+def feature_matching_loss(real_feats: List[List[Tensor]], fake_feats: List[List[Tensor]]) -> Tensor:
+    """Mean over layers of L1(real feature, fake feature), relative to the real feature magnitude
+    (as in EnCodec), summed over sub-discriminators. Real features are detached."""
+    loss: Optional[Tensor] = None
+    for rf, ff in zip(real_feats, fake_feats):
+        acc = None
+        for r, f in zip(rf, ff):
+            r = r.detach()
+            term = (r - f).abs().mean() / (r.abs().mean() + 1e-5)
+            acc = term if acc is None else acc + term
+        if acc is not None:
+            acc = acc / len(rf)
+            loss = acc if loss is None else loss + acc
+    if loss is None:
+        return torch.zeros(())
+    return loss

@@ -1,0 +1,83 @@
+"""Losses and discriminators of codec.train: mask invariance, values, shapes."""
+import numpy as np
+import pytest
+import torch
+
+from codec.train.discriminators import Discriminators
+from codec.train.losses import (MultiResolutionSTFTLoss, MultiScaleMelLoss, discriminator_adversarial_loss,
+                                feature_matching_loss, generator_adversarial_loss, masked_l1, mel_filterbank)
+
+SR = 16000
+
+
+def _sig(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(n) / SR
+    return (0.3 * torch.sin(2 * np.pi * (200 + 50 * seed) * t) + 0.05 * torch.randn(n, generator=g))[None, None]
+
+
+@pytest.mark.parametrize("loss_name", ["mel", "stft", "l1"])
+def test_padding_and_other_items_do_not_change_real_item_loss(loss_name):
+    loss = {"mel": MultiScaleMelLoss(SR), "stft": MultiResolutionSTFTLoss(), "l1": masked_l1}[loss_name]
+    n = 7000
+    x, y = _sig(n, 1), _sig(n, 2) * 0.8 + 0.01
+    alone = loss(x, y, torch.tensor([n]))
+    # same item padded with garbage (different in x and y) to 12000 samples, next to another item
+    pad = 12000
+    xb = torch.randn(2, 1, pad)
+    yb = torch.randn(2, 1, pad)
+    xb[0, :, :n], yb[0, :, :n] = x[0], y[0]
+    xb[1], yb[1] = _sig(pad, 3), _sig(pad, 4)
+    lengths = torch.tensor([n, pad])
+    per_item = loss(xb, yb, lengths, reduction="none")
+    assert per_item.shape == (2,)
+    torch.testing.assert_close(per_item[0], alone, rtol=1e-5, atol=1e-6)
+    # one padded item in a batch of one: the batch loss is the item loss
+    torch.testing.assert_close(loss(xb[:1], yb[:1], lengths[:1]), alone, rtol=1e-5, atol=1e-6)
+    # the padding region matters when it is declared valid
+    assert not torch.allclose(loss(xb[:1], yb[:1], torch.tensor([pad])), alone)
+
+
+def test_mel_loss_zero_for_identical_and_grows_with_distortion():
+    mel = MultiScaleMelLoss(SR)
+    x = _sig(8000, 0)
+    assert float(mel(x, x)) == pytest.approx(0.0, abs=1e-6)
+    small = float(mel(x, x + 0.001 * torch.randn_like(x)))
+    large = float(mel(x, x + 0.1 * torch.randn_like(x)))
+    assert 0 < small < large
+
+
+def test_mel_loss_differentiable():
+    mel = MultiScaleMelLoss(SR, windows=(64, 256), n_mels=(10, 40))
+    x = _sig(4000, 0)
+    y = torch.zeros_like(x, requires_grad=True)
+    mel(x, y + 0.01).backward()
+    assert y.grad is not None and torch.isfinite(y.grad).all() and y.grad.abs().sum() > 0
+
+
+def test_mel_filterbank_shape_and_coverage():
+    fb = mel_filterbank(SR, 512, 40)
+    assert fb.shape == (40, 257)
+    assert (fb >= 0).all()
+    assert (fb.sum(dim=1) > 0).all()  # no empty band
+
+
+def test_adversarial_losses():
+    real = [torch.ones(2, 1, 10)]
+    fake = [torch.zeros(2, 1, 10)]
+    assert float(discriminator_adversarial_loss(real, fake)) == 0.0   # perfect discriminator
+    assert float(generator_adversarial_loss(fake)) == 1.0
+    assert float(discriminator_adversarial_loss(real, [-f for f in real], "hinge")) == 0.0
+    f = [[torch.ones(2, 3), torch.ones(2, 4)]]
+    assert float(feature_matching_loss(f, f)) == 0.0
+    assert float(feature_matching_loss(f, [[torch.zeros(2, 3), torch.zeros(2, 4)]])) > 0.9
+
+
+def test_discriminators_shapes_and_grad():
+    d = Discriminators(periods=(2, 3), mpd_channels=4, stft_windows=(256, 128), stft_channels=4)
+    x = torch.randn(2, 1, 3001, requires_grad=True)
+    logits, feats = d(x)
+    assert len(logits) == 4 and len(feats) == 4
+    assert all(lg.shape[0] == 2 for lg in logits)
+    sum(lg.mean() for lg in logits).backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()

@@ -633,6 +633,28 @@ class Trainer:
             q *= 2
         return out + [n]
 
+    def _codebook_stats(self, codes: List[Tensor]) -> Dict[str, float]:
+        """Per-level usage (fraction of the codebook used) and perplexity over validation codes ``[nq, T]``."""
+        if not codes:
+            return {}
+        c = torch.cat(codes, dim=-1)
+        size = int(getattr(_model_config(self.model), "codebook_size", 0) or int(c.max()) + 1)
+        out: Dict[str, float] = {}
+        usages = []
+        for lvl in range(c.shape[0]):
+            v = c[lvl][c[lvl] >= 0]
+            if v.numel() == 0:
+                continue
+            h = torch.bincount(v, minlength=size).double()
+            p = h / h.sum()
+            ppl = float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))
+            out[f"codebook_usage/level{lvl:02d}"] = float((h > 0).double().mean())
+            out[f"codebook_perplexity/level{lvl:02d}"] = ppl
+            usages.append(out[f"codebook_usage/level{lvl:02d}"])
+        if usages:
+            out["codebook_usage/mean"] = float(np.mean(usages))
+        return out
+
     @torch.no_grad()
     def validate(self) -> Dict[str, float]:
         """Mel distance and SI-SDR per nq on the validation utterances (rank 0, EMA weights if enabled).
@@ -654,6 +676,7 @@ class Trainer:
         nqs = self._valid_nq()
         res: Dict[str, List[float]] = {}
         samples = []
+        all_codes: List[Tensor] = []
         with torch.random.fork_rng(devices=[]):
             np_state = np.random.get_state()
             for i in range(len(ds)):
@@ -663,6 +686,8 @@ class Trainer:
                     with self._autocast():
                         codes = model.encode(wav, nq=q)
                         y = model.decode(codes)
+                    if q == nqs[-1]:
+                        all_codes.append(codes[0].cpu())
                     y = y[0, 0, :n].float().cpu().numpy()
                     res.setdefault(f"mel/nq{q}", []).append(float(mel_dist(x[0], y, self.sample_rate)))
                     res.setdefault(f"si_sdr/nq{q}", []).append(float(si_sdr(x[0], y)))
@@ -675,6 +700,7 @@ class Trainer:
             model.train()
         metrics = {k: float(np.mean(v)) for k, v in res.items()}
         metrics["valid_loss"] = metrics[f"mel/nq{nqs[-1]}"]
+        metrics.update(self._codebook_stats(all_codes))
         if self.writer is not None:
             for k, v in metrics.items():
                 self.writer.add_scalar(f"valid/{k}", v, self.step)

@@ -1,0 +1,243 @@
+"""End-to-end training tests on CPU with the tiny model: loss falls, exact resume, DDP (gloo, 2 processes),
+SIGTERM checkpointing, non-finite handling, export."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from codec.errors import CodecError
+from codec.train.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+# small, fast settings shared by the tests (generator-only unless a test switches the GAN on)
+FAST = [
+    "model.preset=tiny", "data.crop_seconds=0.25", "data.batch_size=4", "data.num_workers=0",
+    "data.valid_items=2", "data.valid_max_seconds=1.0",
+    "loss.mel_windows=[32,64,128,256,512]", "loss.mel_bands=[5,10,20,40,64]",
+    "discriminator.periods=[2,3]", "discriminator.mpd_channels=4", "discriminator.stft_windows=[256,128]",
+    "discriminator.stft_channels=4", "adversarial.start_step=3",
+    "optim.lr=2e-3", "optim.warmup_steps=2", "optim.decay_steps=40", "optim.ema=0.9",
+    "train.log_interval=1", "train.valid_interval=0", "train.ckpt_interval=1000", "train.progress=false",
+    "train.tensorboard=false", "train.valid_nq=[1]", "train.threads=1",
+]
+
+
+def _write_tones(folder: Path, n: int = 6, sr: int = 16000) -> Path:
+    """Harmonic tones + noise of different lengths and rates (some shorter than the crop)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        rate = sr if i % 3 else 22050
+        T = int(rate * (0.15 + 0.2 * i))
+        t = np.arange(T) / rate
+        f0 = 110 + 35 * i
+        x = 0.15 * sum(np.sin(2 * np.pi * f0 * k * t + k) / k for k in range(1, 6)) + 0.01 * rng.standard_normal(T)
+        sf.write(folder / f"tone{i}.wav", x.astype(np.float32), rate)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def wavs(tmp_path_factory):
+    return _write_tones(tmp_path_factory.mktemp("data") / "wavs")
+
+
+def _cfg(wavs, out, *extra):
+    return load_config(None, FAST + [f"data.train={wavs}", f"data.valid={wavs}", f"train.out_dir={out}", *extra])
+
+
+def _metrics(out):
+    return [json.loads(l) for l in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tiny_run_mel_loss_falls(wavs, tmp_path):
+    from codec.train.trainer import Trainer
+
+    out = tmp_path / "run"
+    t = Trainer(_cfg(wavs, out, "train.steps=40", "adversarial.enabled=false", "optim.ema=0",
+                     "train.valid_interval=40", "train.valid_nq=[1,2]", "train.tensorboard=true"))
+    s = t.fit()
+    assert s["step"] == 40
+    mel = [m["mel"] for m in _metrics(out) if m["kind"] == "train"]
+    assert len(mel) == 40 and all(np.isfinite(mel))
+    first, last = np.mean(mel[:5]), np.mean(mel[-5:])
+    assert last < 0.8 * first, (first, last)
+    valid = [m for m in _metrics(out) if m["kind"] == "valid"]
+    assert valid and "si_sdr/nq1" in valid[-1] and "mel/nq2" in valid[-1]
+    assert (out / "best.pt").is_file() and (out / "ckpt_00000040.pt").is_file()
+    assert s["audio_seconds_per_second"] > 0
+    assert "usage_per_level" in s["last"]
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+
+
+def _params(t):
+    sd = {f"model.{k}": v for k, v in t.model.state_dict().items()}
+    sd.update({f"disc.{k}": v for k, v in t.disc.state_dict().items()})
+    sd.update({f"ema.{k}": v for k, v in t.ema.state_dict().items()})
+    return sd
+
+
+def test_resume_equals_uninterrupted(wavs, tmp_path):
+    """N+M steps in one go == N steps, checkpoint, new process state, resume, M steps (GAN + EMA on)."""
+    from codec.train.trainer import Trainer
+
+    n, m = 4, 3
+    full = Trainer(_cfg(wavs, tmp_path / "a", f"train.steps={n + m}", "train.valid_interval=2"))
+    full.fit()
+    first = Trainer(_cfg(wavs, tmp_path / "b", f"train.steps={n}", "train.valid_interval=2"))
+    first.fit()
+    assert (tmp_path / "b" / f"ckpt_{n:08d}.pt").is_file()
+    torch.manual_seed(1234)  # a different global RNG state must not matter after resume
+    second = Trainer(_cfg(wavs, tmp_path / "b", f"train.steps={n + m}", "train.valid_interval=2",
+                          "train.resume=auto"))
+    assert second.step == n
+    second.fit()
+    pa, pb = _params(full), _params(second)
+    assert pa.keys() == pb.keys()
+    for k in pa:
+        assert torch.equal(pa[k], pb[k]), k
+    for ga, gb in zip(full.opt_g.state_dict()["state"].values(), second.opt_g.state_dict()["state"].values()):
+        assert torch.equal(ga["exp_avg"], gb["exp_avg"])
+
+
+def _ddp_worker(rank, world, port, wavs, out, result_dir):
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    from codec.train.trainer import Trainer
+
+    t = Trainer(_cfg(wavs, out, "train.steps=4", "optim.ema=0", "train.valid_interval=0"))
+    t.fit()
+    torch.save({k: v.detach().cpu().clone() for k, v in _params_noema(t).items()},
+               Path(result_dir) / f"rank{rank}.pt")
+    import torch.distributed as dist
+
+    dist.destroy_process_group()
+
+
+def _params_noema(t):
+    sd = {f"model.{k}": v for k, v in t.model.state_dict().items()}
+    sd.update({f"disc.{k}": v for k, v in t.disc.state_dict().items()})
+    return sd
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_gloo_two_processes_stay_identical(wavs, tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(wavs), str(tmp_path / "ddp"), str(tmp_path)), nprocs=2,
+             join=True)
+    a = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    b = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    assert any("quantizer" in k for k in a)           # codebooks / EMA statistics are compared too
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # the run trained: parameters moved away from a fresh initialisation
+    from codec.train.trainer import build_model
+
+    torch.manual_seed(0)
+    fresh = build_model({"preset": "tiny"}).state_dict()
+    assert any(not torch.equal(fresh[k[6:]], a[k]) for k in a if k.startswith("model.") and k[6:] in fresh)
+    assert (tmp_path / "ddp" / "ckpt_00000004.pt").is_file()
+
+
+def test_nonfinite_loss_skips_then_stops(wavs, tmp_path, monkeypatch):
+    from codec.train.trainer import Trainer
+
+    t = Trainer(_cfg(wavs, tmp_path / "nf", "train.steps=10", "train.max_nonfinite=3"))
+    calls = {"n": 0}
+    orig = t.mel_loss.forward
+
+    def flaky(x, y, lengths=None, reduction="mean"):
+        calls["n"] += 1
+        v = orig(x, y, lengths, reduction)
+        return v * float("nan") if calls["n"] in (2,) or calls["n"] >= 5 else v
+
+    monkeypatch.setattr(t.mel_loss, "forward", flaky)
+    before = {k: v.clone() for k, v in t.model.state_dict().items()}
+    with pytest.warns(UserWarning, match="non-finite"):
+        with pytest.raises(CodecError, match="non-finite losses in a row"):
+            t.fit()
+    assert t.nonfinite_total == 4 and t.step == 6
+    after = t.model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert all(torch.isfinite(v).all() for v in after.values() if v.dtype.is_floating_point)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_resume_continues_via_cli(wavs, tmp_path):
+    out = tmp_path / "sig"
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("train:\n  steps: 100000\n")
+    cmd = [sys.executable, "-m", "codec.train", str(cfg_file), *FAST, f"data.train={wavs}", f"train.out_dir={out}",
+           "data.num_workers=1"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "metrics.jsonl").exists() and len((out / "metrics.jsonl").read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "stopped: signal" in err
+    ckpts = sorted(out.glob("ckpt_*.pt"))
+    assert ckpts
+    step = int(ckpts[-1].stem.split("_")[1])
+    assert step >= 3
+    # --resume picks the latest checkpoint and continues from there
+    res = subprocess.run([sys.executable, "-m", "codec.train", str(cfg_file), *FAST, f"data.train={wavs}",
+                          f"train.out_dir={out}", f"train.steps={step + 2}", "--resume"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert f"resumed from" in res.stderr and f"at step {step}" in res.stderr
+    assert (out / f"ckpt_{step + 2:08d}.pt").is_file()
+
+
+def test_export_and_finetune(wavs, tmp_path):
+    import codec
+    from codec.train.export import export_run
+    from codec.train.trainer import Trainer
+
+    run = tmp_path / "run"
+    Trainer(_cfg(wavs, run, "train.steps=3", "train.valid_interval=3")).fit()
+    out = export_run(run, tmp_path / "model")
+    card = (out / "README.md").read_text()
+    assert "steps: 3" in card and "mel/nq1" in card
+    assert (out / "discriminator.safetensors").is_file()
+    m = codec.load(str(out))
+    x = torch.from_numpy(sf.read(next(iter(sorted(wavs.glob("*.wav")))), dtype="float32")[0])[None, None]
+    codes = m.encode(x, sample_rate=m.sample_rate, nq=1)
+    assert codes.shape[1] == 1
+    # fine-tune from the exported directory (with its discriminators)
+    t = Trainer(_cfg(wavs, tmp_path / "ft", "train.steps=2", f"model.init_from={out}"))
+    sd = m.state_dict()
+    assert all(torch.equal(sd[k], v) for k, v in t.model.state_dict().items() if k in sd)
+    t.fit()
+    assert (tmp_path / "ft" / "ckpt_00000002.pt").is_file()
+
+
+def test_cli_errors_and_print_config(tmp_path, capsys):
+    from codec.cli import main
+
+    assert main(["train", str(REPO / "recipes" / "tiny-cpu.yaml"), "train.steps=5", "--print-config"]) == 0
+    assert "steps: 5" in capsys.readouterr().out
+    assert main(["train", str(REPO / "recipes" / "tiny-cpu.yaml"), "train.nope=1"]) == 2
+    assert "unknown config key 'train.nope'" in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "missing.yaml")]) == 2

@@ -539,8 +539,9 @@ class Trainer:
             for g in self.opt_d.param_groups:
                 g["lr"] = self.dsched(self.step)
             with self._autocast():
-                real_l, _ = self.disc(x_masked)
+                real_l, real_f = self.disc(x_masked)
                 fake_l, _ = self.disc(y_masked.detach())
+            real_f = [[t.detach() for t in r] for r in real_f]  # reused (detached) for feature matching
             d_loss = discriminator_adversarial_loss([r.float() for r in real_l], [f.float() for f in fake_l], kind)
             d_ok = bool(torch.isfinite(d_loss))
             logs["d_loss"] = float(d_loss.detach())
@@ -564,10 +565,14 @@ class Trainer:
         logs["commit"] = float(commit.detach())
         logs["codebook"] = float(cb.detach())
         if use_adv:
-            with self._autocast():
-                with torch.no_grad():
-                    _, real_f = self.disc(x_masked)
-                fake_l, fake_f = self.disc(y_masked)
+            for p in self.disc.parameters():   # generator losses must not reach the discriminator's grads
+                p.requires_grad_(False)
+            try:
+                with self._autocast():
+                    fake_l, fake_f = self.disc(y_masked)
+            finally:
+                for p in self.disc.parameters():
+                    p.requires_grad_(True)
             g_adv = generator_adversarial_loss([f.float() for f in fake_l], kind)
             fm = feature_matching_loss([[t.float() for t in r] for r in real_f], [[t.float() for t in f] for f in fake_f])
             total = total + float(lo["adversarial"]) * g_adv + float(lo["feature_matching"]) * fm
@@ -592,13 +597,7 @@ class Trainer:
             if clip > 0:
                 logs["d_grad_norm"] = float(torch.nn.utils.clip_grad_norm_(dparams, clip))
         self.opt_g.zero_grad(set_to_none=True)
-        if self.disc is not None:
-            for p in self.disc.parameters():
-                p.requires_grad_(False)
         total.backward()
-        if self.disc is not None:
-            for p in self.disc.parameters():
-                p.requires_grad_(True)
         gparams = [p for p in self.model.parameters() if p.requires_grad]
         self._allreduce_grads(gparams)
         gn = torch.nn.utils.clip_grad_norm_(gparams, clip if clip > 0 else float("inf"))

@@ -241,3 +241,47 @@ def test_cli_errors_and_print_config(tmp_path, capsys):
     assert main(["train", str(REPO / "recipes" / "tiny-cpu.yaml"), "train.nope=1"]) == 2
     assert "unknown config key 'train.nope'" in capsys.readouterr().err
     assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_generator_losses_do_not_leak_into_discriminator_grads(wavs, tmp_path):
+    from codec.train.losses import discriminator_adversarial_loss, sample_mask
+    from codec.train.trainer import Trainer
+
+    t = Trainer(_cfg(wavs, tmp_path / "g", "adversarial.start_step=0", "optim.grad_clip=0", "train.steps=1"))
+    t.model.eval()  # no quantizer dropout / EMA updates: the two forward passes below are identical
+    wav, lengths = next(iter(t._train_loader()))
+    grads = {}
+    t.opt_d.step = lambda *a, **k: grads.update({n: p.grad.clone() for n, p in t.disc.named_parameters()})
+    t.opt_g.step = lambda *a, **k: None
+    t.train_step(wav, lengths)
+    t.disc.zero_grad()
+    with torch.no_grad():
+        y = t.model(wav, lengths=lengths).audio[..., : wav.shape[-1]]
+    m = sample_mask(lengths, wav.shape[0], wav.shape[-1], wav.device).unsqueeze(1).float()
+    rl, _ = t.disc(wav * m)
+    fl, _ = t.disc(y * m)
+    discriminator_adversarial_loss(rl, fl).backward()
+    for n, p in t.disc.named_parameters():
+        torch.testing.assert_close(grads[n], p.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_padding_in_batch_does_not_change_real_item_loss_through_the_model(wavs, tmp_path):
+    """Mel loss of an item through the model (eval mode): alone == padded next to a longer item."""
+    from codec.train.trainer import Trainer
+
+    t = Trainer(_cfg(wavs, tmp_path / "p", "train.steps=1"))
+    t.model.eval()
+    hop = int(t.model.hop_length)
+    n = hop * 9
+    g = torch.Generator().manual_seed(0)
+    x = 0.1 * torch.randn(1, 1, n, generator=g)
+    other = 0.1 * torch.randn(1, 1, n + 7 * hop, generator=g)
+    with torch.no_grad():
+        alone = t.mel_loss(x, t.model(x, lengths=torch.tensor([n])).audio[..., :n], torch.tensor([n]))
+        batch = torch.zeros(2, 1, n + 7 * hop)
+        batch[0, :, :n] = x[0]
+        batch[1] = other[0]
+        lengths = torch.tensor([n, n + 7 * hop])
+        y = t.model(batch, lengths=lengths).audio[..., : batch.shape[-1]]
+        per_item = t.mel_loss(batch, y, lengths, reduction="none")
+    torch.testing.assert_close(per_item[0], alone, rtol=1e-4, atol=1e-5)

@@ -149,7 +149,7 @@ class LRSchedule:
 
 
 class WeightEMA:
-    """Exponential moving average of a model's floating-point parameters and buffers (kept on the model device)."""
+    """Exponential moving average of a model's parameters (buffers are copied), kept on the model device."""
 
     def __init__(self, model: nn.Module, decay: float):
         self.decay = float(decay)
@@ -157,9 +157,11 @@ class WeightEMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        """Average parameters; copy buffers (e.g. EMA codebooks and their statistics) as they are."""
+        params = {k for k, _ in model.named_parameters()}
         for k, v in model.state_dict().items():
             s = self.shadow[k]
-            if v.dtype.is_floating_point and not k.endswith(("ema_count", "cluster_size", "embed_avg")):
+            if v.dtype.is_floating_point and k in params:
                 s.mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
             else:
                 s.copy_(v)

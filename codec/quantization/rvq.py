@@ -1,0 +1,435 @@
+"""Residual vector quantisation: a stack of ``VectorQuantize`` levels with input/output projections.
+
+``input_dim -> rvq_dim`` (linear, identity when equal) -> residual stack (each level projects ``rvq_dim ->
+codebook_dim`` for its lookup, DAC-style factorised codes) -> ``rvq_dim -> output_dim``.
+
+Frames are processed independently (flattened valid frames ``[N, D]``): the codes of an item do not depend on the
+rest of the batch or on padding; padded frames get code -1 and decode to zero.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .vq import Codebook, VectorQuantize, code_stats
+
+
+@dataclass
+class RVQOutput:
+    """Result of ``ResidualVQ.forward``.
+
+    quantized: [B, output_dim, T] straight-through output, zero at padded frames ([N, output_dim] for 2-D input).
+    codes: LongTensor [B, n_q, T] (-1 at padded frames and at levels dropped for an item) ([N, n_q] for 2-D input).
+    commit_loss: scalar, ``commitment_weight * sum(per_level_commit)``.
+    codebook_loss: scalar, ``codebook_weight * sum(per_level_codebook)`` (0 with EMA codebooks).
+    per_level_commit: [n_q] unweighted commitment MSE per level (0 for a level without frames).
+    perplexity: [n_q] code perplexity per level over the batch's valid frames.
+    usage: [n_q] fraction of the codebook used per level in the batch.
+    per_level_codebook: [n_q] unweighted codebook MSE per level (zeros with EMA).
+    n_levels: LongTensor [B] levels used per item (n_q unless quantizer dropout / skip in training; 0 = skipped).
+    """
+    quantized: torch.Tensor
+    codes: torch.Tensor
+    commit_loss: torch.Tensor
+    codebook_loss: torch.Tensor
+    per_level_commit: torch.Tensor
+    perplexity: torch.Tensor
+    usage: torch.Tensor
+    per_level_codebook: Optional[torch.Tensor] = None
+    n_levels: Optional[torch.Tensor] = None
+
+
+def _lengths_to_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:
+    return torch.arange(T, device=lengths.device)[None, :] < lengths.to(torch.long)[:, None]
+
+
+class ResidualVQ(nn.Module):
+    """Residual vector quantiser (see module docstring).
+
+    Args:
+        input_dim: channels of the input x [B, input_dim, T].
+        rvq_dim: residual space dimension (default input_dim).
+        output_dim: channels of the output (default input_dim).
+        num_quantizers: levels; codebook_size: codes per level; codebook_dim: lookup dimension per level.
+        shared_codebook: one codebook for all levels (per-level projections stay separate).
+        l2_normalize: nearest code by cosine (normalised lookup); decoded vectors are the raw codes.
+        use_ema: EMA codebook updates (else a codebook loss, the codebook is an ``nn.Parameter``).
+        decay, epsilon: EMA decay and Laplace smoothing.
+        kmeans_init, kmeans_iters: k-means initialisation on the first training batch.
+        threshold_ema_dead_code: EMA count below which a code is re-seeded from current residuals (0 = off).
+        commitment_weight, codebook_weight: loss weights.
+        quantizer_dropout: fraction of batch items that use a random number of levels in training.
+        quantizer_dropout_cutoff: levels below this index are always kept (n >= max(1, cutoff)).
+        skip_rvq_ratio: probability (per item, training) of bypassing quantisation (output = projection round trip).
+        sinkhorn: balanced (Sinkhorn) assignment during training; sinkhorn_iters / sinkhorn_temperature tune it.
+        chunk_size: rows per distance block at inference.
+    """
+
+    def __init__(self, input_dim: int = 512, rvq_dim: Optional[int] = None, output_dim: Optional[int] = None,
+                 num_quantizers: int = 32, codebook_size: int = 1024, codebook_dim: int = 8,
+                 shared_codebook: bool = False, l2_normalize: bool = False, use_ema: bool = True,
+                 decay: float = 0.99, epsilon: float = 1e-5, kmeans_init: bool = True, kmeans_iters: int = 10,
+                 threshold_ema_dead_code: float = 2.0, commitment_weight: float = 0.25,
+                 codebook_weight: float = 1.0, quantizer_dropout: float = 0.0, quantizer_dropout_cutoff: int = 0,
+                 skip_rvq_ratio: float = 0.0, sinkhorn: bool = False, sinkhorn_iters: int = 3,
+                 sinkhorn_temperature: float = 0.05, chunk_size: int = 2048) -> None:
+        super().__init__()
+        self.input_dim = int(input_dim)
+        self.rvq_dim = int(rvq_dim or input_dim)
+        self.output_dim = int(output_dim or input_dim)
+        self.num_quantizers = int(num_quantizers)
+        self.codebook_size = int(codebook_size)
+        self.codebook_dim = int(codebook_dim)
+        self.shared_codebook = bool(shared_codebook)
+        self.l2_normalize = bool(l2_normalize)
+        self.use_ema = bool(use_ema)
+        self.commitment_weight = float(commitment_weight)
+        self.codebook_weight = float(codebook_weight)
+        self.quantizer_dropout = float(quantizer_dropout)
+        self.quantizer_dropout_cutoff = int(quantizer_dropout_cutoff)
+        self.skip_rvq_ratio = float(skip_rvq_ratio)
+        self.chunk_size = int(chunk_size)
+        if self.num_quantizers < 1:
+            raise ValueError("num_quantizers must be >= 1")
+        cb_kwargs = dict(use_ema=use_ema, decay=decay, epsilon=epsilon, kmeans_init=kmeans_init,
+                         kmeans_iters=kmeans_iters, threshold_ema_dead_code=threshold_ema_dead_code,
+                         l2_normalize=l2_normalize, sinkhorn=sinkhorn, sinkhorn_iters=sinkhorn_iters,
+                         sinkhorn_temperature=sinkhorn_temperature)
+        self.input_proj = nn.Linear(self.input_dim, self.rvq_dim) if self.input_dim != self.rvq_dim else nn.Identity()
+        self.output_proj = (nn.Linear(self.rvq_dim, self.output_dim) if self.output_dim != self.rvq_dim
+                            else nn.Identity())
+        if self.shared_codebook:
+            self.codebook = Codebook(self.codebook_size, self.codebook_dim, **cb_kwargs)
+            self.layers = nn.ModuleList(
+                VectorQuantize(self.rvq_dim, self.codebook_size, self.codebook_dim, codebook=self.codebook)
+                for _ in range(self.num_quantizers))
+        else:
+            self.layers = nn.ModuleList(
+                VectorQuantize(self.rvq_dim, self.codebook_size, self.codebook_dim, **cb_kwargs)
+                for _ in range(self.num_quantizers))
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def codebooks(self) -> List[Codebook]:
+        """Distinct codebooks (1 when shared, else one per level)."""
+        return [self.codebook] if self.shared_codebook else [l.cb for l in self.layers]
+
+    def _check_nq(self, n_q: Optional[int]) -> int:
+        n = self.num_quantizers if n_q is None else int(n_q)
+        if not 1 <= n <= self.num_quantizers:
+            raise ValueError(f"n_q must be in 1..{self.num_quantizers}, got {n}")
+        return n
+
+    def _prep(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, bool]:
+        """-> (x [B, D, T], mask bool [B, T], was_2d)."""
+        was_2d = x.dim() == 2
+        if was_2d:  # [N, D] rows: one item with N frames
+            x = x.t().unsqueeze(0)
+            if mask is not None:
+                mask = mask.reshape(1, -1)
+        if x.dim() != 3 or x.shape[1] != self.input_dim:
+            raise ValueError(f"expected x [B, {self.input_dim}, T] or [N, {self.input_dim}], got {tuple(x.shape)}")
+        B, _, T = x.shape
+        if mask is None:
+            mask = torch.ones(B, T, dtype=torch.bool, device=x.device)
+        elif mask.dtype != torch.bool:
+            if mask.dim() == 1 and not was_2d:  # lengths [B]
+                mask = _lengths_to_mask(mask.to(x.device), T)
+            else:
+                mask = mask.to(torch.bool)
+        if mask.shape != (B, T):
+            raise ValueError(f"mask must be [B, T] = {(B, T)}, got {tuple(mask.shape)}")
+        return x, mask.to(x.device), was_2d
+
+    def _rows(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Valid frames projected into rvq space, [N, rvq_dim] float32."""
+        rows = x.transpose(1, 2)[mask].float()
+        if isinstance(self.input_proj, nn.Linear):
+            rows = F.linear(rows, self.input_proj.weight.float(), self.input_proj.bias.float())
+        return rows
+
+    def _out_rows(self, acc: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.output_proj, nn.Linear):
+            return F.linear(acc, self.output_proj.weight.float(), self.output_proj.bias.float())
+        return acc
+
+    @staticmethod
+    def _scatter(rows: torch.Tensor, mask: torch.Tensor, fill: Union[int, float] = 0) -> torch.Tensor:
+        """rows [N, C] -> [B, C, T] with ``fill`` at invalid frames."""
+        B, T = mask.shape
+        out = torch.full((B, T, rows.shape[1]), fill, dtype=rows.dtype, device=rows.device)
+        out = out.index_put((mask,), rows)
+        return out.transpose(1, 2)
+
+    # --------------------------------------------------------------- inference
+    def _encode_rows(self, h: torch.Tensor, n_q: int, stats: bool = False):
+        """Eval-mode residual quantisation of rows h [N, rvq_dim].
+
+        Returns (codes [N, n_q], acc [N, rvq_dim] sum of decoded level vectors, commit sums [n_q], counts [n_q, K]
+        or None)."""
+        N = h.shape[0]
+        dev = h.device
+        codes = torch.empty(N, n_q, dtype=torch.long, device=dev)
+        acc = torch.zeros(N, self.rvq_dim, device=dev)
+        K = self.codebook_size
+        layers = [self.layers[l] for l in range(n_q)]
+        tabs = []
+        for layer in layers:
+            embT, c2 = layer.cb.search_tables()
+            w = b = None
+            if layer.has_proj:
+                w, b = layer.in_proj.weight.detach().float(), layer.in_proj.bias.detach().float()
+            tabs.append((embT, c2, w, b, layer.out_table(), layer.cb.embed.detach().float()))
+        l2 = self.l2_normalize
+        commit = torch.zeros(n_q, device=dev) if stats else None
+        counts = torch.zeros(n_q, K, device=dev) if stats else None
+        cs = max(1, self.chunk_size)
+        for s in range(0, N, cs):
+            r = h[s:s + cs]
+            a = acc[s:s + cs]
+            c = codes[s:s + cs]
+            for l, (embT, c2, w, b, out_t, emb) in enumerate(tabs):
+                z = F.linear(r, w, b) if w is not None else r
+                zs = F.normalize(z, dim=-1) if l2 else z
+                idx = torch.addmm(c2, zs, embT, alpha=-2.0).argmin(dim=1)
+                c[:, l] = idx
+                v = out_t.index_select(0, idx)
+                r = r - v
+                a += v
+                if stats:
+                    commit[l] += (z - emb.index_select(0, idx)).pow(2).sum()
+                    counts[l] += torch.bincount(idx, minlength=K).float()
+        return codes, acc, commit, counts
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None, n_q: Optional[int] = None) -> torch.Tensor:
+        """Codes of x [B, input_dim, T] (mask bool [B, T] or lengths [B]) -> LongTensor [B, n_q, T], -1 at padded
+        frames.  x [N, input_dim] gives [N, n_q].  Always eval behaviour (nearest code, no updates)."""
+        n_q = self._check_nq(n_q)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x3, mask, was_2d = self._prep(x, mask)
+            codes, _, _, _ = self._encode_rows(self._rows(x3, mask), n_q)
+            out = self._scatter(codes, mask, -1)
+        return out[0].t().contiguous() if was_2d else out
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, n_q, T] (or [N, n_q]) with -1 = unused -> [B, output_dim, T] (or [N, output_dim]) float32.
+
+        Levels marked -1 contribute nothing; frames whose codes are all -1 decode to zero."""
+        was_2d = codes.dim() == 2
+        if was_2d:
+            codes = codes.t().unsqueeze(0)
+        if codes.dim() != 3:
+            raise ValueError(f"codes must be [B, n_q, T] or [N, n_q], got {tuple(codes.shape)}")
+        B, n, T = codes.shape
+        if not 1 <= n <= self.num_quantizers:
+            raise ValueError(f"codes have {n} levels; this quantizer has 1..{self.num_quantizers}")
+        codes = codes.to(self.layers[0].cb.embed.device).long()
+        if codes.numel() and (codes.max() >= self.codebook_size or codes.min() < -1):
+            raise ValueError(f"codes must be in -1..{self.codebook_size - 1}")
+        rows_all = codes.permute(0, 2, 1)  # [B, T, n]
+        frame_valid = (rows_all >= 0).any(-1)  # [B, T]
+        rows = rows_all[frame_valid]  # [N, n]
+        acc = torch.zeros(rows.shape[0], self.rvq_dim, device=codes.device)
+        cs = max(1, self.chunk_size)
+        for l in range(n):
+            out_t = self.layers[l].out_table()
+            for s in range(0, rows.shape[0], cs):
+                idx = rows[s:s + cs, l]
+                ok = idx >= 0
+                v = out_t.index_select(0, idx.clamp(min=0))
+                if not bool(ok.all()):
+                    v = torch.where(ok[:, None], v, torch.zeros((), device=v.device))
+                acc[s:s + cs] += v
+        out = self._scatter(self._out_rows(acc), frame_valid, 0.0)
+        return out[0].t().contiguous() if was_2d else out
+
+    # ---------------------------------------------------------------- training
+    def _levels_per_item(self, B: int, n_q: int, device: torch.device) -> torch.Tensor:
+        n = torch.full((B,), n_q, dtype=torch.long, device=device)
+        if not self.training:
+            return n
+        if self.quantizer_dropout > 0:
+            lo = min(max(1, self.quantizer_dropout_cutoff), n_q)
+            drop = torch.rand(B, device=device) < self.quantizer_dropout
+            rnd = torch.randint(lo, n_q + 1, (B,), device=device)
+            n = torch.where(drop, rnd, n)
+        if self.skip_rvq_ratio > 0:
+            skip = torch.rand(B, device=device) < self.skip_rvq_ratio
+            n = torch.where(skip, torch.zeros_like(n), n)
+        return n
+
+    def _forward_train(self, h: torch.Tensor, n_row: torch.Tensor, n_q: int):
+        N = h.shape[0]
+        dev = h.device
+        codes = torch.full((N, n_q), -1, dtype=torch.long, device=dev)
+        residual = h
+        acc = torch.zeros_like(h)
+        commit, cbl, ppl, usage = [], [], [], []
+        pending: List[Tuple[Codebook, torch.Tensor, torch.Tensor]] = []
+        zero = torch.zeros((), device=dev)
+        for l in range(n_q):
+            layer = self.layers[l]
+            cb = layer.cb
+            active = n_row > l
+            all_active = bool(active.all())
+            z = layer.project_in(residual)
+            za = z if all_active else z[active]
+            if cb.kmeans_init and not bool(cb.initted):
+                cb.init_from_data(za.detach())
+            with torch.no_grad():
+                idx_a = cb.assign(za)
+            q_a = cb.lookup(idx_a)
+            if za.shape[0]:
+                commit.append(F.mse_loss(za, q_a.detach()))
+                cbl.append(F.mse_loss(za.detach(), q_a) if not cb.use_ema else zero)
+            else:
+                commit.append(z.sum() * 0.0)
+                cbl.append(zero)
+            p, u = code_stats(idx_a, cb.codebook_size)
+            ppl.append(p)
+            usage.append(u)
+            pending.append((cb, za.detach(), idx_a))
+            zq_a = za + (q_a - za).detach()
+            if all_active:
+                codes[:, l] = idx_a
+                contrib = layer.project_out(zq_a)
+            else:
+                codes[active, l] = idx_a
+                zq = torch.zeros_like(z).index_put((active,), zq_a)
+                contrib = layer.project_out(zq) * active[:, None].to(z.dtype)
+            residual = residual - contrib
+            acc = acc + contrib
+        # codebook statistics: one update per distinct codebook, same order on every rank
+        if self.shared_codebook:
+            self.codebook.update(torch.cat([p[1] for p in pending]), torch.cat([p[2] for p in pending]))
+        else:
+            for cb, z_a, idx_a in pending:
+                cb.update(z_a, idx_a)
+        skip = n_row == 0
+        if bool(skip.any()):
+            acc = torch.where(skip[:, None], h, acc)
+        return codes, acc, torch.stack(commit), torch.stack(cbl), torch.stack(ppl), torch.stack(usage)
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None, n_q: Optional[int] = None) -> RVQOutput:
+        """Quantise x [B, input_dim, T] with mask bool [B, T] (True = valid) or lengths [B]; x [N, input_dim] is
+        also accepted (outputs [N, output_dim] / codes [N, n_q]).
+
+        Training mode: k-means init on the first batch, EMA / dead-code updates from valid frames only,
+        quantizer dropout and skip.  Eval mode: identical to ``decode(encode(x))`` (bit for bit) plus stats."""
+        n_q = self._check_nq(n_q)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x3, mask, was_2d = self._prep(x, mask)
+            B = x3.shape[0]
+            h = self._rows(x3, mask)
+            dev = h.device
+            if self.training:
+                n_item = self._levels_per_item(B, n_q, dev)
+                item = torch.arange(B, device=dev)[:, None].expand(B, mask.shape[1])[mask]
+                codes, acc, commit, cbl, ppl, usage = self._forward_train(h, n_item[item], n_q)
+            else:
+                n_item = torch.full((B,), n_q, dtype=torch.long, device=dev)
+                with torch.no_grad():
+                    codes, acc, commit_sum, counts = self._encode_rows(h, n_q, stats=True)
+                N = h.shape[0]
+                commit = commit_sum / max(1, N * self.codebook_dim)
+                cbl = torch.zeros(n_q, device=dev)
+                tot = counts.sum(1, keepdim=True)
+                p = counts / tot.clamp(min=1)
+                ppl = torch.where(tot[:, 0] > 0, (-(p * p.clamp(min=1e-12).log()).sum(1)).exp(),
+                                  torch.zeros((), device=dev))
+                usage = (counts > 0).float().mean(1)
+                if torch.is_grad_enabled() and h.requires_grad:
+                    # straight-through gradient with the exact decoded value (h - h.detach() is exactly 0)
+                    acc = acc + (h - h.detach())
+            q_rows = self._out_rows(acc)
+            quantized = self._scatter(q_rows, mask, 0.0)
+            codes_out = self._scatter(codes, mask, -1)
+        if was_2d:
+            quantized, codes_out = quantized[0].t(), codes_out[0].t()
+        if x.dtype in (torch.float16, torch.bfloat16, torch.float64):
+            quantized = quantized.to(x.dtype)
+        return RVQOutput(quantized=quantized, codes=codes_out,
+                         commit_loss=self.commitment_weight * commit.sum(),
+                         codebook_loss=self.codebook_weight * cbl.sum(),
+                         per_level_commit=commit.detach(), perplexity=ppl.detach(), usage=usage.detach(),
+                         per_level_codebook=cbl.detach(), n_levels=n_item)
+
+    # -------------------------------------------------------------- codebooks
+    @torch.no_grad()
+    def init_codebooks_from_data(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                                 kmeans_iters: Optional[int] = None) -> None:
+        """k-means initialise every level from a (large) sample x [B, input_dim, T] / [N, input_dim], level by
+        level on the residuals of the levels before.  Under torch.distributed rank 0's sample is used and
+        broadcast; every rank must call this."""
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x3, mask, _ = self._prep(x, mask)
+            r = self._rows(x3, mask)
+            done = set()
+            for layer in self.layers:
+                z = layer.project_in(r)
+                cb = layer.cb
+                if id(cb) not in done:
+                    cb.init_from_data(z, kmeans_iters)
+                    done.add(id(cb))
+                idx = cb.nearest(z)
+                r = r - layer.out_table().index_select(0, idx)
+
+    def codebook_array(self) -> torch.Tensor:
+        """All codebooks as [num_codebooks, codebook_size, codebook_dim] (num_codebooks = 1 if shared)."""
+        return torch.stack([cb.embed.detach().float().cpu() for cb in self.codebooks])
+
+    def save_codebooks(self, path: Union[str, os.PathLike]) -> None:
+        """Write the codebooks [L, K, D] to ``.npy``, ``.npz`` (key ``codebooks``) or ``.safetensors``
+        (key ``codebooks``)."""
+        arr = self.codebook_array()
+        p = str(path)
+        if p.endswith(".safetensors"):
+            from safetensors.torch import save_file
+            save_file({"codebooks": arr.contiguous()}, p)
+        elif p.endswith(".npz"):
+            np.savez(p, codebooks=arr.numpy())
+        elif p.endswith(".npy"):
+            np.save(p, arr.numpy())
+        else:
+            raise ValueError(f"unsupported codebook file extension: {p} (use .npy, .npz or .safetensors)")
+
+    @torch.no_grad()
+    def load_codebooks(self, path: Union[str, os.PathLike, np.ndarray, torch.Tensor]) -> None:
+        """Set the codebooks from an array file (.npy, .npz, .safetensors: the single array, or key
+        ``codebooks``) or an array, shaped [num_codebooks, codebook_size, codebook_dim] ([K, D] also accepted
+        for one codebook).  Marks codebooks as initialised (no k-means on the first batch)."""
+        if isinstance(path, (np.ndarray, torch.Tensor)):
+            arr = torch.as_tensor(np.asarray(path) if isinstance(path, np.ndarray) else path)
+        else:
+            p = str(path)
+            if p.endswith(".safetensors"):
+                from safetensors.torch import load_file
+                d = load_file(p)
+                arr = d["codebooks"] if "codebooks" in d else (next(iter(d.values())) if len(d) == 1 else None)
+            elif p.endswith(".npz"):
+                with np.load(p, allow_pickle=False) as d:
+                    keys = list(d.keys())
+                    arr = d["codebooks"] if "codebooks" in keys else (d[keys[0]] if len(keys) == 1 else None)
+                    arr = None if arr is None else torch.from_numpy(np.array(arr))
+            elif p.endswith(".npy"):
+                arr = torch.from_numpy(np.load(p, allow_pickle=False))
+            else:
+                raise ValueError(f"unsupported codebook file extension: {p} (use .npy, .npz or .safetensors)")
+            if arr is None:
+                raise ValueError(f"{p}: expected a single array or one named 'codebooks'")
+        cbs = self.codebooks
+        if arr.dim() == 2:
+            arr = arr[None]
+        want = (len(cbs), self.codebook_size, self.codebook_dim)
+        if tuple(arr.shape) != want:
+            raise ValueError(f"codebook array has shape {tuple(arr.shape)}, expected {want}")
+        for cb, e in zip(cbs, arr.float()):
+            cb.set_codes(e)

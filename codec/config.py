@@ -1,0 +1,156 @@
+"""Model configuration: one small dataclass with a JSON round trip and named presets.
+
+>>> cfg = CodecConfig.preset("24khz")      # 24 kHz, strides (2,4,5,8): hop 320, 75 frames/s
+>>> cfg.hop_length, cfg.frame_rate, cfg.bitrate(8)
+(320, 75.0, 6000.0)
+>>> CodecConfig.from_json(cfg.to_json()) == cfg
+True
+
+Presets: ``"24khz"`` (default; 32 levels x 1024 codes: nq=8 is 6 kbps, nq=32 is 24 kbps), ``"16khz"``
+(hop 320, 50 frames/s: nq=8 is 4 kbps) and ``"tiny"`` (16 kHz, 8 base channels, 8 levels x 256 codes, for CPU
+training tests).  Any field can be overridden: ``CodecConfig.preset("tiny", sample_rate=24000)``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, Tuple
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    """All hyper-parameters of a :class:`codec.model.CodecModel`.
+
+    Signal: ``sample_rate``, ``channels`` (1; the model is mono), ``strides`` (encoder downsampling per stage;
+    ``hop_length = prod(strides)``).
+    Encoder / decoder: ``base_channels`` (channels of the first stage, doubled after each stride, capped at
+    ``max_channels``), ``latent_dim``, ``dilations`` (one residual unit per dilation in every stage),
+    ``residual_kernel_size``, ``compress`` (residual bottleneck factor), ``kernel_size`` (first conv),
+    ``last_kernel_size`` (last conv), ``activation`` (``"elu"`` or ``"snake"``).  Down/upsampling convs use kernel
+    ``2 * stride``.  Everything is causal.
+    Quantizer (``codec.quantization.ResidualVQ``): ``num_quantizers``, ``codebook_size``, ``codebook_dim``,
+    ``rvq_dim`` (0 = latent_dim), ``quantizer_dropout`` (fraction of training items using a random number of
+    levels), ``use_ema``, ``decay``, ``kmeans_init``, ``threshold_ema_dead_code``, ``commitment_weight``,
+    ``codebook_weight``.
+    """
+
+    sample_rate: int = 24000
+    channels: int = 1
+    strides: Tuple[int, ...] = (2, 4, 5, 8)
+    base_channels: int = 32
+    max_channels: int = 512
+    latent_dim: int = 128
+    dilations: Tuple[int, ...] = (1, 3, 9)
+    residual_kernel_size: int = 3
+    compress: int = 2
+    kernel_size: int = 7
+    last_kernel_size: int = 7
+    activation: str = "elu"
+    num_quantizers: int = 32
+    codebook_size: int = 1024
+    codebook_dim: int = 8
+    rvq_dim: int = 0
+    quantizer_dropout: float = 0.5
+    use_ema: bool = True
+    decay: float = 0.99
+    kmeans_init: bool = True
+    threshold_ema_dead_code: float = 2.0
+    commitment_weight: float = 0.25
+    codebook_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "strides", tuple(int(s) for s in self.strides))
+        object.__setattr__(self, "dilations", tuple(int(d) for d in self.dilations))
+        self.validate()
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def hop_length(self) -> int:
+        """Samples per frame (product of the strides)."""
+        return int(math.prod(self.strides))
+
+    @property
+    def frame_rate(self) -> float:
+        """Frames per second."""
+        return self.sample_rate / self.hop_length
+
+    def bitrate(self, nq: int = None) -> float:  # type: ignore[assignment]
+        """Bits per second with ``nq`` levels (default all)."""
+        nq = self.num_quantizers if nq is None else int(nq)
+        return self.frame_rate * nq * math.log2(self.codebook_size)
+
+    @property
+    def latency_ms(self) -> float:
+        """Algorithmic latency (one frame) in milliseconds."""
+        return 1000.0 * self.hop_length / self.sample_rate
+
+    def validate(self) -> None:
+        """Raise ValueError with one sentence if a value is out of range."""
+        def req(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ValueError(msg)
+
+        req(isinstance(self.sample_rate, int) and self.sample_rate > 0, "sample_rate must be a positive integer")
+        req(self.channels == 1, "channels must be 1 (the model is mono; multi-channel input is downmixed)")
+        req(len(self.strides) >= 1 and all(s >= 1 for s in self.strides), "strides must be positive integers")
+        req(self.base_channels >= 1 and self.max_channels >= self.base_channels, "bad base_channels/max_channels")
+        req(self.latent_dim >= 1, "latent_dim must be >= 1")
+        req(len(self.dilations) >= 0 and all(d >= 1 for d in self.dilations), "dilations must be >= 1")
+        req(self.residual_kernel_size >= 1 and self.kernel_size >= 1 and self.last_kernel_size >= 1,
+            "kernel sizes must be >= 1")
+        req(self.compress >= 1, "compress must be >= 1")
+        req(self.activation in ("elu", "snake"), "activation must be 'elu' or 'snake'")
+        req(self.num_quantizers >= 1 and self.codebook_size >= 2 and self.codebook_dim >= 1,
+            "quantizer sizes must be positive")
+        req(self.rvq_dim >= 0, "rvq_dim must be >= 0")
+        req(0.0 <= self.quantizer_dropout <= 1.0, "quantizer_dropout must be in [0, 1]")
+
+    # ------------------------------------------------------------------ io
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain JSON-able dict (tuples as lists)."""
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    def to_json(self) -> str:
+        """JSON text (indented, sorted by field order)."""
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def field_names(cls) -> Tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "CodecConfig":
+        """Build from a dict; unknown keys raise ValueError (one sentence)."""
+        unknown = sorted(set(d) - set(cls.field_names()))
+        if unknown:
+            raise ValueError(f"unknown config field(s): {', '.join(unknown)}")
+        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        try:
+            return cls(**kw)
+        except TypeError as exc:
+            raise ValueError(f"bad config value ({exc})") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> "CodecConfig":
+        """Inverse of :meth:`to_json`."""
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def preset(cls, name: str = "24khz", **overrides: Any) -> "CodecConfig":
+        """Named preset (``"24khz"``, ``"16khz"``, ``"tiny"``) with optional field overrides."""
+        if name not in PRESETS:
+            raise KeyError(f"unknown preset '{name}' (choose from {', '.join(PRESETS)})")
+        d = dict(PRESETS[name])
+        d.update(overrides)
+        return cls.from_dict(d)
+
+
+PRESETS: Dict[str, Dict[str, Any]] = {
+    "24khz": {},
+    "16khz": {"sample_rate": 16000},
+    "tiny": {"sample_rate": 16000, "base_channels": 8, "max_channels": 128, "latent_dim": 32,
+             "num_quantizers": 8, "codebook_size": 256, "codebook_dim": 8},
+}

@@ -1,0 +1,584 @@
+"""The codec model: causal conv encoder -> ResidualVQ -> causal conv decoder.
+
+Shapes: audio ``[B, 1, T]`` at ``model.sample_rate``; latent ``[B, latent_dim, F]`` with ``F = ceil(T / hop)``;
+codes ``LongTensor [B, nq, F]`` (``-1`` marks padded frames of shorter items in a batch).
+
+Algorithmic latency: one frame (``hop_length / sample_rate``; 13.3 ms for the 24 kHz preset, hop 320;
+20 ms for the 16 kHz preset).  Every convolution is causal (no lookahead), so a frame's codes depend only on
+audio up to the end of that frame and the decoder emits a frame's audio as soon as its codes arrive.
+
+Exactness: :meth:`CodecModel.encode` and the stream encoder use the bit-exact conv path
+(:meth:`codec.nn.StreamingConv1d.forward_exact`) and run the quantizer on fixed-size blocks of 64 frames, so a
+frame's codes are bit-identical whether the audio is encoded whole, in a masked batch or streamed in any chunking.
+The decoder uses the fast conv path; streamed decoding equals offline decoding within float rounding (~1e-6).
+
+Weight normalisation: stored as parameters (``weight_v``, ``weight_g``) in checkpoints; folded (and cached) at
+inference.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import CodecConfig
+from .nn import StreamingConv1d, StreamingConvTranspose1d, make_activation
+from .nn import streaming as st
+
+QBLOCK = 64  # frames per quantizer call in the exact path (fixed shape)
+
+
+def _block_rows(rows_per_frame: float) -> int:
+    """Fixed GEMM block (multiple of 64 rows) for a layer producing ``rows_per_frame`` outputs per frame."""
+    return int(64 * max(1, math.ceil(rows_per_frame / 64)))
+
+
+class ResidualUnit(nn.Module):
+    """``x + conv1x1(act(conv_k,d(act(x))))`` with a ``compress`` bottleneck; all causal."""
+
+    def __init__(self, channels: int, dilation: int, kernel_size: int, compress: int, activation: str,
+                 rows_per_frame: float = 64) -> None:
+        super().__init__()
+        hidden = max(1, channels // compress)
+        br = _block_rows(rows_per_frame)
+        self.act1 = make_activation(activation, channels)
+        self.conv1 = StreamingConv1d(channels, hidden, kernel_size, dilation=dilation, block_rows=br)
+        self.act2 = make_activation(activation, hidden)
+        self.conv2 = StreamingConv1d(hidden, channels, 1, block_rows=br)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(self.act2(self.conv1(self.act1(x))))
+
+    def forward_exact(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1.forward_exact(self.act1(x, channels_last=True))
+        return x + self.conv2.forward_exact(self.act2(h, channels_last=True))
+
+
+class EncoderBlock(nn.Module):
+    """Residual units at ``channels`` then a strided causal conv (kernel ``2*stride``) to ``out_channels``."""
+
+    def __init__(self, channels: int, out_channels: int, stride: int, cfg: CodecConfig, rows_per_frame: float):
+        super().__init__()
+        self.res = nn.ModuleList(ResidualUnit(channels, d, cfg.residual_kernel_size, cfg.compress, cfg.activation,
+                                              rows_per_frame) for d in cfg.dilations)
+        self.act = make_activation(cfg.activation, channels)
+        self.down = StreamingConv1d(channels, out_channels, 2 * stride, stride=stride,
+                                    block_rows=_block_rows(rows_per_frame / stride))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for r in self.res:
+            x = r(x)
+        return self.down(self.act(x))
+
+    def forward_exact(self, x: torch.Tensor) -> torch.Tensor:
+        for r in self.res:
+            x = r.forward_exact(x)
+        return self.down.forward_exact(self.act(x, channels_last=True))
+
+
+class DecoderBlock(nn.Module):
+    """Causal transposed conv (kernel ``2*stride``) from ``channels`` to ``out_channels``, then residual units."""
+
+    def __init__(self, channels: int, out_channels: int, stride: int, cfg: CodecConfig):
+        super().__init__()
+        self.act = make_activation(cfg.activation, channels)
+        self.up = StreamingConvTranspose1d(channels, out_channels, 2 * stride, stride)
+        self.res = nn.ModuleList(ResidualUnit(out_channels, d, cfg.residual_kernel_size, cfg.compress,
+                                              cfg.activation) for d in cfg.dilations)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.up(self.act(x))
+        for r in self.res:
+            x = r(x)
+        return x
+
+
+def _channels(cfg: CodecConfig) -> List[int]:
+    return [min(cfg.base_channels * 2 ** i, cfg.max_channels) for i in range(len(cfg.strides) + 1)]
+
+
+class Encoder(nn.Module):
+    """Causal conv encoder ``[B, 1, T] -> [B, latent_dim, T / hop]`` (T a multiple of hop)."""
+
+    def __init__(self, cfg: CodecConfig) -> None:
+        super().__init__()
+        ch = _channels(cfg)
+        hop = cfg.hop_length
+        rpf = float(hop)
+        self.conv_in = StreamingConv1d(cfg.channels, ch[0], cfg.kernel_size, block_rows=_block_rows(rpf))
+        blocks = []
+        for i, s in enumerate(cfg.strides):
+            blocks.append(EncoderBlock(ch[i], ch[i + 1], s, cfg, rpf))
+            rpf /= s
+        self.blocks = nn.ModuleList(blocks)
+        self.act_out = make_activation(cfg.activation, ch[-1])
+        self.conv_out = StreamingConv1d(ch[-1], cfg.latent_dim, cfg.last_kernel_size, block_rows=_block_rows(rpf))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Differentiable channels-first path: x [B, 1, T] -> [B, latent_dim, T / hop]."""
+        x = self.conv_in(x)
+        for b in self.blocks:
+            x = b(x)
+        return self.conv_out(self.act_out(x))
+
+    def forward_exact(self, x: torch.Tensor) -> torch.Tensor:
+        """Bit-exact channels-last path: x [B, T, 1] -> [B, T / hop, latent_dim]."""
+        x = self.conv_in.forward_exact(x)
+        for b in self.blocks:
+            x = b.forward_exact(x)
+        return self.conv_out.forward_exact(self.act_out(x, channels_last=True))
+
+
+class Decoder(nn.Module):
+    """Causal conv decoder ``[B, latent_dim, F] -> [B, 1, F * hop]``."""
+
+    def __init__(self, cfg: CodecConfig) -> None:
+        super().__init__()
+        ch = _channels(cfg)
+        self.conv_in = StreamingConv1d(cfg.latent_dim, ch[-1], cfg.kernel_size)
+        n = len(cfg.strides)
+        self.blocks = nn.ModuleList(DecoderBlock(ch[i + 1], ch[i], cfg.strides[i], cfg) for i in reversed(range(n)))
+        self.act_out = make_activation(cfg.activation, ch[0])
+        self.conv_out = StreamingConv1d(ch[0], cfg.channels, cfg.last_kernel_size)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.conv_in(z)
+        for b in self.blocks:
+            x = b(x)
+        return self.conv_out(self.act_out(x))
+
+
+@dataclass
+class ModelOutput:
+    """Training forward output: ``audio [B, 1, T]`` (trimmed to the input length, zero past each item's length),
+    ``rvq`` (:class:`codec.quantization.RVQOutput`), ``mask`` bool ``[B, frames]`` (True = valid frame)."""
+
+    audio: torch.Tensor
+    rvq: object
+    mask: torch.Tensor
+
+
+def _to_tensor(wav) -> torch.Tensor:
+    if isinstance(wav, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))
+    if not torch.is_tensor(wav):
+        raise TypeError("wav must be a torch.Tensor or numpy.ndarray")
+    return wav
+
+
+class CodecModel(nn.Module):
+    """Neural audio codec (see module docstring).
+
+    >>> model = CodecModel(CodecConfig.preset("tiny")).eval()
+    >>> codes = model.encode(torch.randn(16000), nq=4)     # [1, 4, 50]
+    >>> wav = model.decode(codes)                          # [1, 1, 16000]
+    """
+
+    def __init__(self, config: Optional[CodecConfig] = None) -> None:
+        super().__init__()
+        from .quantization import ResidualVQ
+
+        self.config = config or CodecConfig()
+        c = self.config
+        self.encoder = Encoder(c)
+        self.quantizer = ResidualVQ(input_dim=c.latent_dim, rvq_dim=c.rvq_dim or None, output_dim=c.latent_dim,
+                                    num_quantizers=c.num_quantizers, codebook_size=c.codebook_size,
+                                    codebook_dim=c.codebook_dim, use_ema=c.use_ema, decay=c.decay,
+                                    kmeans_init=c.kmeans_init, threshold_ema_dead_code=c.threshold_ema_dead_code,
+                                    commitment_weight=c.commitment_weight, codebook_weight=c.codebook_weight,
+                                    quantizer_dropout=c.quantizer_dropout)
+        self.decoder = Decoder(c)
+        self.weights_hash: Optional[str] = None
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sample_rate
+
+    @property
+    def hop_length(self) -> int:
+        return self.config.hop_length
+
+    @property
+    def frame_rate(self) -> float:
+        return self.config.frame_rate
+
+    @property
+    def num_quantizers(self) -> int:
+        return self.config.num_quantizers
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config.codebook_size
+
+    @property
+    def latency_ms(self) -> float:
+        """Algorithmic latency in ms (one frame: 13.3 ms at 24 kHz / hop 320)."""
+        return self.config.latency_ms
+
+    def bitrate(self, nq: Optional[int] = None) -> float:
+        """Bits per second with ``nq`` levels (default all)."""
+        return self.config.bitrate(nq)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def num_parameters(self) -> dict:
+        """Parameter counts: encoder, quantizer (incl. codebook buffers), decoder, total (trainable)."""
+        enc = sum(p.numel() for p in self.encoder.parameters())
+        dec = sum(p.numel() for p in self.decoder.parameters())
+        q = sum(p.numel() for p in self.quantizer.parameters()) + sum(b.numel() for b in self.quantizer.buffers())
+        return {"encoder": enc, "decoder": dec, "quantizer": q, "total": enc + dec + q,
+                "trainable": sum(p.numel() for p in self.parameters() if p.requires_grad)}
+
+    def macs_per_frame(self) -> dict:
+        """Multiply-accumulates per frame (convolutions; quantizer with all levels) -> dict (encoder/decoder/rvq)."""
+        hop = self.hop_length
+
+        def count(mod: nn.Module, rate_fn) -> int:
+            total = 0
+            for m in mod.modules():
+                if isinstance(m, (StreamingConv1d, StreamingConvTranspose1d)):
+                    total += m.macs_per_output() * rate_fn(m)
+            return total
+
+        # outputs per frame of each conv: follow the strides
+        enc_rates = {}
+        r = hop
+        enc_rates[self.encoder.conv_in] = r
+        for b, s in zip(self.encoder.blocks, self.config.strides):
+            for m in b.res.modules():
+                if isinstance(m, StreamingConv1d):
+                    enc_rates[m] = r
+            r //= s
+            enc_rates[b.down] = r
+        enc_rates[self.encoder.conv_out] = r
+        dec_rates = {self.decoder.conv_in: 1}
+        r = 1
+        for b, s in zip(self.decoder.blocks, reversed(self.config.strides)):
+            r *= s
+            dec_rates[b.up] = r // s  # macs_per_output of convT is per output; count per output sample below
+            for m in b.res.modules():
+                if isinstance(m, StreamingConv1d):
+                    dec_rates[m] = r
+        dec_rates[self.decoder.conv_out] = hop
+        enc = count(self.encoder, lambda m: enc_rates[m])
+        dec = 0
+        for m, rr in dec_rates.items():
+            if isinstance(m, StreamingConvTranspose1d):
+                dec += m.in_channels * m.out_channels * m.kernel_size * rr
+            else:
+                dec += m.macs_per_output() * rr
+        c = self.config
+        rvq_dim = c.rvq_dim or c.latent_dim
+        rvq = c.num_quantizers * (rvq_dim * c.codebook_dim + c.codebook_dim * c.codebook_size)
+        return {"encoder": int(enc), "decoder": int(dec), "rvq_all_levels": int(rvq)}
+
+    # ------------------------------------------------------------------ input handling
+    def _prepare(self, wav, sample_rate: Optional[int], lengths) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Any of ``[T]``, ``[C, T]``, ``[B, C, T]`` (tensor or numpy, any rate) -> float32 ``[B, 1, T']`` on the
+        model device (channels averaged; resampled with soxr on CPU when ``sample_rate`` differs)."""
+        x = _to_tensor(wav)
+        if x.dim() == 1:
+            x = x[None, None]
+        elif x.dim() == 2:
+            x = x[None]
+        elif x.dim() != 3:
+            raise ValueError(f"wav must be [T], [C, T] or [B, C, T], got shape {tuple(x.shape)}")
+        if x.shape[1] != 1:
+            x = x.float().mean(dim=1, keepdim=True)
+        x = x.float()
+        if lengths is not None:
+            lengths = torch.as_tensor(lengths, dtype=torch.long).reshape(-1).cpu()
+            if lengths.numel() != x.shape[0]:
+                raise ValueError("lengths must have one entry per batch item")
+        if sample_rate is not None and int(sample_rate) != self.sample_rate:
+            from .audio import resample
+
+            sr_in = int(sample_rate)
+            y = resample(x.detach().cpu().numpy(), sr_in, self.sample_rate)
+            x = torch.from_numpy(np.ascontiguousarray(y))
+            if lengths is not None:
+                lengths = torch.tensor([min(x.shape[-1], int(round(int(n) * self.sample_rate / sr_in)))
+                                        for n in lengths], dtype=torch.long)
+        return x.to(self.device), lengths
+
+    # ------------------------------------------------------------------ exact encoding
+    def _quantize_exact(self, latent_cl: torch.Tensor, nq: int) -> torch.Tensor:
+        """latent [B, F, D] (channels-last) -> codes [B, nq, F], quantizer run on fixed blocks of 64 frames."""
+        B, Fr, D = latent_cl.shape
+        rows = latent_cl.reshape(B * Fr, D).float()
+        n = rows.shape[0]
+        if n == 0:
+            return torch.zeros(B, nq, 0, dtype=torch.long, device=latent_cl.device)
+        nb = -(-n // QBLOCK)
+        pad = rows.new_zeros(nb * QBLOCK, D)
+        pad[:n] = rows
+        out = []
+        for i in range(nb):
+            blk = pad[i * QBLOCK:(i + 1) * QBLOCK].t().unsqueeze(0).contiguous()  # [1, D, 64]
+            out.append(self.quantizer.encode(blk, None, n_q=nq)[0])  # [nq, 64]
+        codes = torch.cat(out, dim=1)[:, :n]
+        return codes.reshape(nq, B, Fr).permute(1, 0, 2).contiguous()
+
+    def _encode_frames_exact(self, x: torch.Tensor, nq: int) -> torch.Tensor:
+        """x [B, 1, n*hop] -> codes [B, nq, n] (uses installed streaming states if any)."""
+        dt = torch.float32
+        latent = self.encoder.forward_exact(x.to(dt).transpose(1, 2))
+        return self._quantize_exact(latent, nq)
+
+    def _check_nq(self, nq: Optional[int]) -> int:
+        n = self.num_quantizers if nq is None else int(nq)
+        if not 1 <= n <= self.num_quantizers:
+            raise ValueError(f"nq must be in 1..{self.num_quantizers}, got {n}")
+        return n
+
+    def encode(self, wav, sample_rate: Optional[int] = None, nq: Optional[int] = None, lengths=None,
+               return_lengths: bool = False):
+        """Audio -> codes ``LongTensor [B, nq, F]``, ``F = ceil(T / hop)``.
+
+        Args:
+            wav: tensor or numpy array ``[T]``, ``[C, T]`` or ``[B, C, T]``; channels are averaged (downmix).
+            sample_rate: rate of ``wav`` (default: the model's); other rates are resampled with soxr on CPU.
+            nq: levels (1..num_quantizers, default all).
+            lengths: valid samples per item ``[B]`` (masked batch).  Samples past an item's length are zeroed
+                before the encoder and its frames past ``ceil(length / hop)`` get code ``-1``; every item gets
+                exactly (bit for bit) the codes it gets when encoded alone.
+            return_lengths: also return the frame counts ``[B]``.
+        """
+        nq = self._check_nq(nq)
+        x, lengths = self._prepare(wav, sample_rate, lengths)
+        B, _, T = x.shape
+        hop = self.hop_length
+        frames = -(-T // hop)
+        if lengths is None:
+            lengths = torch.full((B,), T, dtype=torch.long)
+        lengths = lengths.clamp(0, T)
+        with torch.no_grad():
+            pad = frames * hop - T
+            keep = (torch.arange(T)[None] < lengths[:, None]).to(x.device)
+            x = torch.where(keep[:, None], x, torch.zeros((), device=x.device))
+            if pad:
+                x = torch.nn.functional.pad(x, (0, pad))
+            codes = self._encode_frames_exact(x, nq)
+            nfr = -(-lengths // hop)
+            fmask = (torch.arange(frames)[None] < nfr[:, None]).to(codes.device)
+            codes = torch.where(fmask[:, None], codes, torch.full((), -1, dtype=codes.dtype, device=codes.device))
+        return (codes, nfr) if return_lengths else codes
+
+    def decode(self, codes, return_lengths: bool = False):
+        """Codes ``[B, nq, F]`` (or ``[nq, F]``; ``-1`` = padded frame; any ``nq <= num_quantizers``) ->
+        audio float32 ``[B, 1, F * hop]`` (zero past each item's valid frames) and optionally the valid sample
+        counts ``[B]``."""
+        c = _to_tensor(codes).long().to(self.device)
+        if c.dim() == 2:
+            c = c[None]
+        if c.dim() != 3:
+            raise ValueError(f"codes must be [B, nq, F] or [nq, F], got {tuple(c.shape)}")
+        with torch.no_grad():
+            z = self.quantizer.decode(c)
+            y = self.decoder(z.to(self._dtype()))
+            valid = (c >= 0).any(1)  # [B, F]
+            nfr = valid.sum(-1)
+            hop = self.hop_length
+            keep = torch.repeat_interleave(valid, hop, dim=1)
+            y = torch.where(keep[:, None], y, torch.zeros((), device=y.device, dtype=y.dtype)).float()
+        return (y, (nfr * hop).cpu()) if return_lengths else y
+
+    def _dtype(self) -> torch.dtype:
+        return self.decoder.conv_in.weight_v.dtype
+
+    # ------------------------------------------------------------------ training
+    def forward(self, wav: torch.Tensor, lengths: Optional[torch.Tensor] = None, n_q: Optional[int] = None
+                ) -> ModelOutput:
+        """Training path: wav [B, 1, T] (lengths [B] optional) -> :class:`ModelOutput` with the decoded audio
+        [B, 1, T].  In train mode the quantizer applies quantizer dropout (random level counts per item)."""
+        if wav.dim() == 2:
+            wav = wav[:, None]
+        B, _, T = wav.shape
+        hop = self.hop_length
+        frames = -(-T // hop)
+        if lengths is None:
+            lengths = torch.full((B,), T, dtype=torch.long, device=wav.device)
+        lengths = torch.as_tensor(lengths, device=wav.device).long().clamp(0, T)
+        keep = torch.arange(T, device=wav.device)[None] < lengths[:, None]
+        x = wav * keep[:, None].to(wav.dtype)
+        if frames * hop != T:
+            x = torch.nn.functional.pad(x, (0, frames * hop - T))
+        z = self.encoder(x)
+        nfr = -(-lengths // hop)
+        mask = torch.arange(frames, device=wav.device)[None] < nfr[:, None]
+        rvq = self.quantizer(z, mask, n_q=n_q)
+        y = self.decoder(rvq.quantized.to(z.dtype))[..., :T]
+        y = y * keep[:, None].to(y.dtype)
+        return ModelOutput(audio=y, rvq=rvq, mask=mask)
+
+    # ------------------------------------------------------------------ streaming
+    def streaming(self, batch_size: int):
+        """Context manager: every streaming layer (encoder and decoder) gets a fresh state for ``batch_size``
+        slots; inside, :meth:`encode_step` / :meth:`decode_step` process consecutive whole frames."""
+        return st.streaming(self, batch_size)
+
+    def encode_step(self, x: torch.Tensor, nq: Optional[int] = None) -> torch.Tensor:
+        """Inside :meth:`streaming`: x [B, 1, n*hop] (whole frames) -> codes [B, nq, n]."""
+        with torch.no_grad():
+            return self._encode_frames_exact(x, self._check_nq(nq))
+
+    def decode_step(self, codes: torch.Tensor) -> torch.Tensor:
+        """Inside :meth:`streaming`: codes [B, nq, f] -> audio [B, 1, f*hop]."""
+        with torch.no_grad():
+            z = self.quantizer.decode(codes.long().to(self.device))
+            return self.decoder(z.to(self._dtype())).float()
+
+    def stream_encoder(self, batch_size: int = 1, nq: Optional[int] = None) -> "StreamEncoder":
+        """Streaming encoder for ``batch_size`` independent streams (latency: one frame)."""
+        return StreamEncoder(self, batch_size, nq)
+
+    def stream_decoder(self, batch_size: int = 1) -> "StreamDecoder":
+        """Streaming decoder for ``batch_size`` independent streams (no added latency)."""
+        return StreamDecoder(self, batch_size)
+
+    # ------------------------------------------------------------------ io
+    def save_pretrained(self, directory) -> str:
+        """Write ``config.json`` + ``model.safetensors`` (see :func:`codec.pretrained.save_pretrained`)."""
+        from .pretrained import save_pretrained
+
+        return save_pretrained(self, directory)
+
+
+class _Stream:
+    def __init__(self, model: CodecModel, module: nn.Module, batch_size: int) -> None:
+        self.model, self.module, self.batch_size = model, module, int(batch_size)
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self._fresh()
+
+    def _fresh(self) -> None:
+        old = st.get_states(self.module)
+        st.start_streaming(self.module, self.batch_size)
+        self.states = st.get_states(self.module)
+        st.set_states(self.module, old)
+
+    def _run(self, fn, *args):
+        old = st.get_states(self.module)
+        st.set_states(self.module, self.states)
+        try:
+            with torch.no_grad():
+                return fn(*args)
+        finally:
+            self.states = st.get_states(self.module)
+            st.set_states(self.module, old)
+
+    def _reset_states(self, slot: Optional[int]) -> None:
+        if slot is None:
+            self._fresh()
+            return
+        if not 0 <= int(slot) < self.batch_size:
+            raise IndexError(f"slot {slot} out of range 0..{self.batch_size - 1}")
+        for s in self.states:
+            if s:
+                for v in s.values():
+                    v[int(slot)].zero_()
+
+
+class StreamEncoder(_Stream):
+    """Streaming encoder: ``feed(chunk [B, 1, t]) -> codes [B, nq, n]`` for every frame completed so far.
+
+    Chunks may have any length (even 1 sample).  Each slot buffers its samples until a whole frame (hop samples)
+    is available, so the algorithmic latency is one frame (13.3 ms at 24 kHz / hop 320).  Codes are bit-identical
+    to :meth:`CodecModel.encode` of the concatenated input.  ``flush()`` zero-pads the last partial frame of each
+    slot, returns its codes (``-1`` for slots with fewer frames) and starts over.  ``reset(slot)`` starts a new
+    utterance in one slot (its buffered samples and layer states are cleared; other slots are untouched).
+    Memory is constant in the stream length.
+    """
+
+    def __init__(self, model: CodecModel, batch_size: int = 1, nq: Optional[int] = None) -> None:
+        self.nq = model._check_nq(nq)
+        super().__init__(model, model.encoder, batch_size)
+        self._buf: List[torch.Tensor] = [torch.zeros(0, device=model.device) for _ in range(self.batch_size)]
+
+    def _empty(self) -> torch.Tensor:
+        return torch.zeros(self.batch_size, self.nq, 0, dtype=torch.long, device=self.model.device)
+
+    def feed(self, chunk) -> torch.Tensor:
+        """chunk [B, 1, t] or [B, t] (tensor/numpy, model rate) -> codes LongTensor [B, nq, n_new_frames]."""
+        x = _to_tensor(chunk).to(self.model.device).float()
+        if x.dim() == 3:
+            if x.shape[1] != 1:
+                x = x.mean(1, keepdim=True)
+            x = x[:, 0]
+        if x.dim() == 1 and self.batch_size == 1:
+            x = x[None]
+        if x.dim() != 2 or x.shape[0] != self.batch_size:
+            raise ValueError(f"chunk must be [{self.batch_size}, 1, t], got {tuple(x.shape)}")
+        hop = self.model.hop_length
+        self._buf = [torch.cat([b, x[i]]) for i, b in enumerate(self._buf)]
+        n = min(b.shape[0] for b in self._buf) // hop
+        if n == 0:
+            return self._empty()
+        take = torch.stack([b[: n * hop] for b in self._buf])[:, None]
+        self._buf = [b[n * hop:].clone() for b in self._buf]
+        return self._run(self.model._encode_frames_exact, take, self.nq)
+
+    def flush(self) -> torch.Tensor:
+        """Codes of the remaining (zero-padded) frames [B, nq, n]; then the stream starts over."""
+        hop = self.model.hop_length
+        nfr = [-(-b.shape[0] // hop) for b in self._buf]
+        n = max(nfr)
+        if n == 0:
+            self.reset()
+            return self._empty()
+        x = torch.zeros(self.batch_size, 1, n * hop, device=self.model.device)
+        for i, b in enumerate(self._buf):
+            x[i, 0, : b.shape[0]] = b
+        codes = self._run(self.model._encode_frames_exact, x, self.nq)
+        for i, f in enumerate(nfr):
+            codes[i, :, f:] = -1
+        self.reset()
+        return codes
+
+    def reset(self, slot: Optional[int] = None) -> None:
+        """Start over (all slots) or start a new utterance in ``slot`` only."""
+        self._reset_states(slot)
+        if slot is None:
+            self._buf = [torch.zeros(0, device=self.model.device) for _ in range(self.batch_size)]
+        else:
+            self._buf[int(slot)] = torch.zeros(0, device=self.model.device)
+
+
+class StreamDecoder(_Stream):
+    """Streaming decoder: ``feed(codes [B, nq, f]) -> audio [B, 1, f * hop]`` (no added latency; equals offline
+    :meth:`CodecModel.decode` within ~1e-6).  Frames coded ``-1`` decode from a zero latent.  ``reset(slot)``
+    starts a new utterance in one slot; ``flush()`` ends all streams (returns ``[B, 1, 0]``)."""
+
+    def __init__(self, model: CodecModel, batch_size: int = 1) -> None:
+        super().__init__(model, model.decoder, batch_size)
+
+    def feed(self, codes) -> torch.Tensor:
+        c = _to_tensor(codes).long().to(self.model.device)
+        if c.dim() == 2 and self.batch_size == 1:
+            c = c[None]
+        if c.dim() != 3 or c.shape[0] != self.batch_size:
+            raise ValueError(f"codes must be [{self.batch_size}, nq, f], got {tuple(c.shape)}")
+        if c.shape[-1] == 0:
+            return torch.zeros(self.batch_size, 1, 0, device=self.model.device)
+
+        def run(cc: torch.Tensor) -> torch.Tensor:
+            z = self.model.quantizer.decode(cc)
+            return self.model.decoder(z.to(self.model._dtype())).float()
+
+        return self._run(run, c)
+
+    def flush(self) -> torch.Tensor:
+        """Nothing is pending beyond the fed frames (their overlap tails are trimmed, as offline); resets."""
+        self.reset()
+        return torch.zeros(self.batch_size, 1, 0, device=self.model.device)
+
+    def reset(self, slot: Optional[int] = None) -> None:
+        """Start over (all slots) or only ``slot``."""
+        self._reset_states(slot)

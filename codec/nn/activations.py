@@ -1,0 +1,51 @@
+"""Activations for audio: Snake (periodic, learned per-channel frequency) and ELU.
+
+Both are written with elementwise torch ops whose result for an element does not depend on the tensor's
+size or on the element's position (``torch.exp`` / ``torch.sin`` / mul / add), so inference is bit-identical
+between whole-file, masked-batch and streamed runs (``F.elu`` is not, its vector and scalar paths differ).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Snake(nn.Module):
+    """Snake: ``x + 1/alpha * sin(alpha * x)^2`` with a learned ``alpha`` per channel.
+
+    Works on ``[B, C, T]`` (``channels_last=False``) or ``[B, T, C]`` (``channels_last=True``)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.ones(1, channels, 1))
+
+    def forward(self, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+        a = self.alpha
+        if channels_last:
+            a = a.transpose(1, 2)
+        inv = 1.0 / (a + 1e-9)
+        s = torch.sin(a * x)
+        return x + inv * (s * s)
+
+
+class ELU(nn.Module):
+    """ELU (alpha = 1).  Training uses ``F.elu``; inference uses ``where(x > 0, x, exp(x) - 1)``
+    (position-independent results).  Layout-agnostic."""
+
+    def __init__(self, channels: int = 0) -> None:
+        super().__init__()
+
+    def forward(self, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+        if self.training and torch.is_grad_enabled():
+            return F.elu(x)
+        return torch.where(x > 0, x, torch.exp(torch.clamp(x, max=0.0)) - 1.0)
+
+
+def make_activation(name: str, channels: int) -> nn.Module:
+    """``"snake"`` or ``"elu"`` -> module."""
+    if name == "snake":
+        return Snake(channels)
+    if name == "elu":
+        return ELU(channels)
+    raise ValueError(f"unknown activation '{name}' (use 'snake' or 'elu')")

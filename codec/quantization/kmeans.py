@@ -24,12 +24,37 @@ def nearest_centroid(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 8192
     return out
 
 
+def kmeans_plusplus(x: torch.Tensor, k: int, generator: Optional[torch.Generator] = None,
+                    max_candidates: int = 16384) -> torch.Tensor:
+    """k-means++ seeding (D^2 sampling) on at most ``max_candidates`` random rows of x [N, D] -> [k, D]."""
+    n = x.shape[0]
+    if n > max_candidates:
+        x = x[torch.randperm(n, generator=generator)[:max_candidates].to(x.device)]
+        n = max_candidates
+    cent = torch.empty(k, x.shape[1], device=x.device, dtype=x.dtype)
+    first = int(torch.randint(0, n, (1,), generator=generator))
+    cent[0] = x[first]
+    d2 = (x - cent[0]).pow(2).sum(1)
+    u = torch.rand(k, generator=generator, dtype=torch.float64)
+    for i in range(1, k):
+        cum = torch.cumsum(d2.double(), 0).cpu()
+        tot = float(cum[-1])
+        if tot <= 0:  # fewer distinct points than k: duplicate rows
+            j = int(torch.randint(0, n, (1,), generator=generator))
+        else:
+            j = min(int(torch.searchsorted(cum, u[i] * tot)), n - 1)
+        cent[i] = x[j]
+        d2 = torch.minimum(d2, (x - cent[i]).pow(2).sum(1))
+    return cent
+
+
 def kmeans(x: torch.Tensor, k: int, iters: int = 10, generator: Optional[torch.Generator] = None,
-           normalize: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+           normalize: bool = False, init: str = "kmeans++") -> Tuple[torch.Tensor, torch.Tensor]:
     """Lloyd k-means.
 
-    Centroids start from ``k`` distinct random rows (sampled with replacement when ``N < k``); clusters that
-    become empty are re-seeded from random rows.
+    Centroids start from k-means++ seeding (``init="kmeans++"``, on at most 16384 rows) or from ``k`` random
+    rows (``init="random"``; with replacement when ``N < k``); clusters that become empty are re-seeded from
+    random rows.
 
     Args:
         x: [N, D] data (N >= 1); computed in float32.
@@ -47,11 +72,11 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 10, generator: Optional[torch.G
     if n == 0:
         raise ValueError("kmeans needs at least one row")
     dev = x.device
-    if n >= k:
-        idx = torch.randperm(n, generator=generator)[:k]
+    if init == "kmeans++" and n > 1:
+        c = kmeans_plusplus(x, k, generator)
     else:
-        idx = torch.randint(0, n, (k,), generator=generator)
-    c = x[idx.to(dev)].clone()
+        idx = torch.randperm(n, generator=generator)[:k] if n >= k else torch.randint(0, n, (k,), generator=generator)
+        c = x[idx.to(dev)].clone()
     assign = nearest_centroid(x, c)
     for _ in range(iters):
         counts = torch.bincount(assign, minlength=k).float()

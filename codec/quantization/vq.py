@@ -18,8 +18,24 @@ from .distributed import all_reduce_sum_, broadcast_, get_rank
 from .kmeans import kmeans
 
 
+_FP_WEIGHTS: Dict[Tuple, torch.Tensor] = {}
+
+
 def _versions(*ts: torch.Tensor) -> Tuple:
-    return tuple((t.data_ptr(), t._version) for t in ts) + (torch.is_inference_mode_enabled(),)
+    """Cache key for tables derived from ``ts``: storage, version counter and a cheap content fingerprint
+    (the fingerprint catches writes through ``.data``, e.g. ``dist.broadcast(p.data)``, which skip the version
+    counter)."""
+    fps = []
+    with torch.no_grad():
+        for t in ts:
+            f = t.detach().reshape(-1).float()
+            wk = (f.numel(), f.device)
+            w = _FP_WEIGHTS.get(wk)
+            if w is None:
+                w = _FP_WEIGHTS[wk] = torch.rand(f.numel(), generator=torch.Generator().manual_seed(0)).to(f.device)
+            fps.append(torch.stack([f.sum(), f @ w]))
+        fp = tuple(torch.cat(fps).tolist()) if fps else ()
+    return tuple((t.data_ptr(), t._version) for t in ts) + fp + (torch.is_inference_mode_enabled(),)
 
 
 def sinkhorn_assign(dist: torch.Tensor, iters: int = 3, temperature: float = 0.05) -> torch.Tensor:
@@ -127,7 +143,7 @@ class Codebook(nn.Module):
             counts = torch.empty(K, device=self.embed.device)
         packed = broadcast_(torch.cat([cent, counts[:, None]], dim=1).to(self.embed.device))
         cent, counts = packed[:, :D].contiguous(), packed[:, D].contiguous()
-        self.embed.data.copy_(cent)
+        self.embed.copy_(cent)
         self.cluster_size.copy_(counts)
         self.embed_avg.copy_(cent * counts[:, None])
         self.initted.fill_(True)
@@ -141,7 +157,7 @@ class Codebook(nn.Module):
             raise ValueError(f"codebook shape {tuple(embed.shape)} != {(self.codebook_size, self.dim)}")
         c = max(2.0 * self.threshold_ema_dead_code, 1.0) if count is None else float(count)
         e = embed.detach().to(self.embed.device, torch.float32)
-        self.embed.data.copy_(e)
+        self.embed.copy_(e)
         self.cluster_size.fill_(c)
         self.embed_avg.copy_(e * c)
         self.initted.fill_(True)
@@ -191,7 +207,7 @@ class Codebook(nn.Module):
         else:
             samples = torch.empty(nd, self.dim, device=dev)
         samples = broadcast_(samples.contiguous())
-        self.embed.data[dead] = samples
+        self.embed[dead] = samples
         self.cluster_size[dead] = self.threshold_ema_dead_code
         self.embed_avg[dead] = samples * self.threshold_ema_dead_code
         return nd

@@ -26,7 +26,8 @@ class CodecConfig:
     Signal: ``sample_rate``, ``channels`` (1; the model is mono), ``strides`` (encoder downsampling per stage;
     ``hop_length = prod(strides)``).
     Encoder / decoder: ``base_channels`` (channels of the first stage, doubled after each stride, capped at
-    ``max_channels``), ``latent_dim``, ``dilations`` (one residual unit per dilation in every stage),
+    ``max_channels``), ``latent_dim``, ``dilations`` (one residual unit per dilation in every stage; the 24/16 kHz
+    presets use a single unit per stage — measured 2x faster on CPU than (1, 3, 9) — and "tiny" uses (1, 3, 9)),
     ``residual_kernel_size``, ``compress`` (residual bottleneck factor), ``kernel_size`` (first conv),
     ``last_kernel_size`` (last conv), ``activation`` (``"elu"`` or ``"snake"``).  Down/upsampling convs use kernel
     ``2 * stride``.  Everything is causal.
@@ -42,7 +43,7 @@ class CodecConfig:
     base_channels: int = 32
     max_channels: int = 512
     latent_dim: int = 128
-    dilations: Tuple[int, ...] = (1, 3, 9)
+    dilations: Tuple[int, ...] = (1,)
     residual_kernel_size: int = 3
     compress: int = 2
     kernel_size: int = 7
@@ -151,6 +152,6 @@ class CodecConfig:
 PRESETS: Dict[str, Dict[str, Any]] = {
     "24khz": {},
     "16khz": {"sample_rate": 16000},
-    "tiny": {"sample_rate": 16000, "base_channels": 8, "max_channels": 128, "latent_dim": 32,
+    "tiny": {"sample_rate": 16000, "base_channels": 8, "max_channels": 128, "latent_dim": 32, "dilations": [1, 3, 9],
              "num_quantizers": 8, "codebook_size": 256, "codebook_dim": 8},
 }

@@ -30,24 +30,25 @@ from .nn import StreamingConv1d, StreamingConvTranspose1d, make_activation
 from .nn import streaming as st
 
 QBLOCK = 64  # frames per quantizer call in the exact path (fixed shape)
+BLOCK_FRAMES_PER_GEMM = 4  # exact-path GEMM block = this many frames of rows (rounded up to 64 rows)
 
 
 def _block_rows(rows_per_frame: float) -> int:
     """Fixed GEMM block (multiple of 64 rows) for a layer producing ``rows_per_frame`` outputs per frame."""
-    return int(64 * max(1, math.ceil(rows_per_frame / 64)))
+    return int(64 * max(1, math.ceil(rows_per_frame * BLOCK_FRAMES_PER_GEMM / 64)))
 
 
 class ResidualUnit(nn.Module):
     """``x + conv1x1(act(conv_k,d(act(x))))`` with a ``compress`` bottleneck; all causal."""
 
     def __init__(self, channels: int, dilation: int, kernel_size: int, compress: int, activation: str,
-                 rows_per_frame: float = 64) -> None:
+                 rows_per_frame: float = 64, exact: bool = True) -> None:
         super().__init__()
         hidden = max(1, channels // compress)
         br = _block_rows(rows_per_frame)
-        self.act1 = make_activation(activation, channels)
+        self.act1 = make_activation(activation, channels, exact)
         self.conv1 = StreamingConv1d(channels, hidden, kernel_size, dilation=dilation, block_rows=br)
-        self.act2 = make_activation(activation, hidden)
+        self.act2 = make_activation(activation, hidden, exact)
         self.conv2 = StreamingConv1d(hidden, channels, 1, block_rows=br)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -85,10 +86,10 @@ class DecoderBlock(nn.Module):
 
     def __init__(self, channels: int, out_channels: int, stride: int, cfg: CodecConfig):
         super().__init__()
-        self.act = make_activation(cfg.activation, channels)
+        self.act = make_activation(cfg.activation, channels, exact=False)
         self.up = StreamingConvTranspose1d(channels, out_channels, 2 * stride, stride)
         self.res = nn.ModuleList(ResidualUnit(out_channels, d, cfg.residual_kernel_size, cfg.compress,
-                                              cfg.activation) for d in cfg.dilations)
+                                              cfg.activation, exact=False) for d in cfg.dilations)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.up(self.act(x))
@@ -142,7 +143,7 @@ class Decoder(nn.Module):
         self.conv_in = StreamingConv1d(cfg.latent_dim, ch[-1], cfg.kernel_size)
         n = len(cfg.strides)
         self.blocks = nn.ModuleList(DecoderBlock(ch[i + 1], ch[i], cfg.strides[i], cfg) for i in reversed(range(n)))
-        self.act_out = make_activation(cfg.activation, ch[0])
+        self.act_out = make_activation(cfg.activation, ch[0], exact=False)
         self.conv_out = StreamingConv1d(ch[0], cfg.channels, cfg.last_kernel_size)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -193,6 +194,9 @@ class CodecModel(nn.Module):
                                     quantizer_dropout=c.quantizer_dropout)
         self.decoder = Decoder(c)
         self.weights_hash: Optional[str] = None
+        #: offline encode/decode run in blocks of this many frames through the streaming states (same results,
+        #: cache-friendly, memory flat in the signal length); not a weight or config field.
+        self.block_frames = 75
 
     # ------------------------------------------------------------------ facts
     @property
@@ -332,6 +336,27 @@ class CodecModel(nn.Module):
         latent = self.encoder.forward_exact(x.to(dt).transpose(1, 2))
         return self._quantize_exact(latent, nq)
 
+    def _encode_blocks(self, x: torch.Tensor, nq: int) -> torch.Tensor:
+        """x [B, 1, F*hop] -> codes [B, nq, F], processed in blocks of ``block_frames`` frames with streaming
+        states (bit-identical to one pass)."""
+        hop, bf = self.hop_length, max(1, int(self.block_frames))
+        frames = x.shape[-1] // hop
+        if frames <= bf:
+            return self._encode_frames_exact(x, nq)
+        with st.streaming(self.encoder, x.shape[0]):
+            out = [self._encode_frames_exact(x[..., i * hop:(i + bf) * hop], nq) for i in range(0, frames, bf)]
+        return torch.cat(out, dim=-1)
+
+    def _decode_blocks(self, z: torch.Tensor) -> torch.Tensor:
+        """latent [B, D, F] -> audio [B, 1, F*hop] in blocks of ``block_frames`` frames (streaming states)."""
+        bf = max(1, int(self.block_frames))
+        frames = z.shape[-1]
+        if frames <= bf:
+            return self.decoder(z)
+        with st.streaming(self.decoder, z.shape[0]):
+            out = [self.decoder(z[..., i:i + bf]) for i in range(0, frames, bf)]
+        return torch.cat(out, dim=-1)
+
     def _check_nq(self, nq: Optional[int]) -> int:
         n = self.num_quantizers if nq is None else int(nq)
         if not 1 <= n <= self.num_quantizers:
@@ -365,7 +390,7 @@ class CodecModel(nn.Module):
             x = torch.where(keep[:, None], x, torch.zeros((), device=x.device))
             if pad:
                 x = torch.nn.functional.pad(x, (0, pad))
-            codes = self._encode_frames_exact(x, nq)
+            codes = self._encode_blocks(x, nq)
             nfr = -(-lengths // hop)
             fmask = (torch.arange(frames)[None] < nfr[:, None]).to(codes.device)
             codes = torch.where(fmask[:, None], codes, torch.full((), -1, dtype=codes.dtype, device=codes.device))
@@ -382,7 +407,7 @@ class CodecModel(nn.Module):
             raise ValueError(f"codes must be [B, nq, F] or [nq, F], got {tuple(c.shape)}")
         with torch.no_grad():
             z = self.quantizer.decode(c)
-            y = self.decoder(z.to(self._dtype()))
+            y = self._decode_blocks(z.to(self._dtype()))
             valid = (c >= 0).any(1)  # [B, F]
             nfr = valid.sum(-1)
             hop = self.hop_length

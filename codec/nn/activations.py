@@ -30,22 +30,23 @@ class Snake(nn.Module):
 
 
 class ELU(nn.Module):
-    """ELU (alpha = 1).  Training uses ``F.elu``; inference uses ``where(x > 0, x, exp(x) - 1)``
-    (position-independent results).  Layout-agnostic."""
+    """ELU (alpha = 1).  Training (and ``exact=False``, used in the decoder) uses ``F.elu``; exact inference uses
+    ``where(x > 0, x, expm1(x))`` (position-independent results).  Layout-agnostic."""
 
-    def __init__(self, channels: int = 0) -> None:
+    def __init__(self, channels: int = 0, exact: bool = True) -> None:
         super().__init__()
+        self.exact = exact
 
     def forward(self, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
-        if self.training and torch.is_grad_enabled():
+        if not self.exact or (self.training and torch.is_grad_enabled()):
             return F.elu(x)
-        return torch.where(x > 0, x, torch.exp(torch.clamp(x, max=0.0)) - 1.0)
+        return torch.where(x > 0, x, torch.expm1(x))
 
 
-def make_activation(name: str, channels: int) -> nn.Module:
-    """``"snake"`` or ``"elu"`` -> module."""
+def make_activation(name: str, channels: int, exact: bool = True) -> nn.Module:
+    """``"snake"`` or ``"elu"`` -> module (``exact=False``: fastest kernels, results may depend on tensor size)."""
     if name == "snake":
         return Snake(channels)
     if name == "elu":
-        return ELU(channels)
+        return ELU(channels, exact=exact)
     raise ValueError(f"unknown activation '{name}' (use 'snake' or 'elu')")

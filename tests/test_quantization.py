@@ -201,13 +201,13 @@ def test_ema_and_gradient_variants_learn(use_ema):
     for _ in range(40):
         out = rvq(x)
         loss = out.commit_loss + out.codebook_loss
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if opt is not None:
             opt.zero_grad()
             loss.backward()
             opt.step()
     if not use_ema:
-        assert float(out.codebook_loss) > 0 and rvq.layers[0].cb.embed.grad is not None
+        assert float(out.codebook_loss.detach()) > 0 and rvq.layers[0].cb.embed.grad is not None
     else:
         assert float(out.codebook_loss) == 0
     assert losses[-1] < 0.3 * losses[0], (losses[0], losses[-1])

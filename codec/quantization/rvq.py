@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .vq import Codebook, VectorQuantize, code_stats
+from .vq import Codebook, VectorQuantize, _versions, code_stats
 
 
 @dataclass
@@ -168,6 +168,38 @@ class ResidualVQ(nn.Module):
         return out.transpose(1, 2)
 
     # --------------------------------------------------------------- inference
+    def _inference_tables(self) -> list:
+        """Per level ``(embT [d, K], c2 [K], in_w, in_b, out_table [K, rvq_dim], embed [K, d])`` in float32, cached
+        for all levels under one key (versions + content fingerprint of every tensor involved), so a call on a
+        few frames costs one small check instead of recomputing projections of every codebook."""
+        ts = []
+        for layer in self.layers:
+            ts.append(layer.cb.embed)
+            if layer.has_proj:
+                ts += [layer.in_proj.weight, layer.in_proj.bias, layer.out_proj.weight, layer.out_proj.bias]
+        key = _versions(*ts) + (self.l2_normalize,)
+        hit = self.__dict__.get("_tables_cache")
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        tabs = []
+        with torch.no_grad():
+            for layer in self.layers:
+                e = layer.cb.embed.detach().float()
+                if self.l2_normalize:
+                    en = F.normalize(e, dim=-1)
+                    embT, c2 = en.t().contiguous(), torch.zeros(e.shape[0], device=e.device)
+                else:
+                    embT, c2 = e.t().contiguous(), e.pow(2).sum(1)
+                w = b = None
+                out_t = e.contiguous()
+                if layer.has_proj:
+                    w, b = layer.in_proj.weight.detach().float(), layer.in_proj.bias.detach().float()
+                    out_t = F.linear(e, layer.out_proj.weight.detach().float(),
+                                     layer.out_proj.bias.detach().float()).contiguous()
+                tabs.append((embT, c2, w, b, out_t, e))
+        self.__dict__["_tables_cache"] = (key, tabs)
+        return tabs
+
     def _encode_rows(self, h: torch.Tensor, n_q: int, stats: bool = False):
         """Eval-mode residual quantisation of rows h [N, rvq_dim].
 
@@ -178,14 +210,7 @@ class ResidualVQ(nn.Module):
         codes = torch.empty(N, n_q, dtype=torch.long, device=dev)
         acc = torch.zeros(N, self.rvq_dim, device=dev)
         K = self.codebook_size
-        layers = [self.layers[l] for l in range(n_q)]
-        tabs = []
-        for layer in layers:
-            embT, c2 = layer.cb.search_tables()
-            w = b = None
-            if layer.has_proj:
-                w, b = layer.in_proj.weight.detach().float(), layer.in_proj.bias.detach().float()
-            tabs.append((embT, c2, w, b, layer.out_table(), layer.cb.embed.detach().float()))
+        tabs = self._inference_tables()[:n_q]
         l2 = self.l2_normalize
         commit = torch.zeros(n_q, device=dev) if stats else None
         counts = torch.zeros(n_q, K, device=dev) if stats else None
@@ -239,8 +264,9 @@ class ResidualVQ(nn.Module):
         rows = rows_all[frame_valid]  # [N, n]
         acc = torch.zeros(rows.shape[0], self.rvq_dim, device=codes.device)
         cs = max(1, self.chunk_size)
+        tabs = self._inference_tables()
         for l in range(n):
-            out_t = self.layers[l].out_table()
+            out_t = tabs[l][4]
             for s in range(0, rows.shape[0], cs):
                 idx = rows[s:s + cs, l]
                 ok = idx >= 0
@@ -381,6 +407,7 @@ class ResidualVQ(nn.Module):
                     done.add(id(cb))
                 idx = cb.nearest(z)
                 r = r - layer.out_table().index_select(0, idx)
+        self.__dict__.pop("_tables_cache", None)
 
     def codebook_array(self) -> torch.Tensor:
         """All codebooks as [num_codebooks, codebook_size, codebook_dim] (num_codebooks = 1 if shared)."""

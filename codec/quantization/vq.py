@@ -23,18 +23,19 @@ _FP_WEIGHTS: Dict[Tuple, torch.Tensor] = {}
 
 def _versions(*ts: torch.Tensor) -> Tuple:
     """Cache key for tables derived from ``ts``: storage, version counter and a cheap content fingerprint
-    (the fingerprint catches writes through ``.data``, e.g. ``dist.broadcast(p.data)``, which skip the version
-    counter)."""
-    fps = []
+    (a fixed random projection of each tensor; it catches writes through ``.data``, e.g.
+    ``dist.broadcast(p.data)``, which skip the version counter).  One host sync per call."""
     with torch.no_grad():
+        fps = []
         for t in ts:
-            f = t.detach().reshape(-1).float()
-            wk = (f.numel(), f.device)
+            f = t.detach().reshape(-1)
+            wk = (f.numel(), f.device, f.dtype)
             w = _FP_WEIGHTS.get(wk)
             if w is None:
-                w = _FP_WEIGHTS[wk] = torch.rand(f.numel(), generator=torch.Generator().manual_seed(0)).to(f.device)
-            fps.append(torch.stack([f.sum(), f @ w]))
-        fp = tuple(torch.cat(fps).tolist()) if fps else ()
+                w = torch.rand(f.numel(), generator=torch.Generator().manual_seed(0)).to(f.device, f.dtype)
+                _FP_WEIGHTS[wk] = w
+            fps.append(torch.dot(f, w).float())
+        fp = tuple(torch.stack(fps).tolist()) if fps else ()
     return tuple((t.data_ptr(), t._version) for t in ts) + fp + (torch.is_inference_mode_enabled(),)
 
 
@@ -141,6 +142,12 @@ class Codebook(nn.Module):
         else:
             cent = torch.empty(K, D, device=self.embed.device)
             counts = torch.empty(K, device=self.embed.device)
+        if get_rank() == 0 and self.l2_normalize:
+            # cosine lookup, but decoded vectors are raw codes: use the raw mean of each spherical cluster
+            assign = torch.addmm(torch.zeros(K, device=z.device), F.normalize(z, dim=-1), cent.t(), alpha=-2.0).argmin(1)
+            sums = torch.zeros(K, D, device=z.device).index_add_(0, assign, z)
+            cnt = torch.bincount(assign, minlength=K).float()
+            cent = torch.where(cnt[:, None] > 0, sums / cnt.clamp(min=1)[:, None], cent)
         packed = broadcast_(torch.cat([cent, counts[:, None]], dim=1).to(self.embed.device))
         cent, counts = packed[:, :D].contiguous(), packed[:, D].contiguous()
         self.embed.copy_(cent)

@@ -1,0 +1,157 @@
+"""Model benchmarks called by ``codec bench``: offline speed, streaming per-chunk cost, streaming peak memory.
+
+All functions take extra keyword arguments and ignore the ones they do not use (the CLI passes a common set).
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Dict, Optional
+
+import torch
+
+
+def _threads(threads: Optional[int]):
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    return old
+
+
+def benchmark_model(model, seconds: float = 10.0, nq: int = 8, threads: int = 2, repeats: int = 3,
+                    device: Optional[str] = None, **_: Any) -> Dict[str, Any]:
+    """Offline encode / decode speed on ``seconds`` of noise-like audio (best of ``repeats``).
+
+    Returns ``{"seconds", "nq", "threads", "encode_x_realtime", "decode_x_realtime", "encode_s", "decode_s",
+    "params", "macs_per_frame", "latency_ms"}``.  ``x_realtime`` = audio seconds / wall seconds."""
+    old = _threads(threads)
+    try:
+        model.eval()
+        dev = model.device
+        sr = model.sample_rate
+        nq = min(int(nq), model.num_quantizers)
+        g = torch.Generator().manual_seed(0)
+        x = (0.1 * torch.randn(1, 1, int(seconds * sr), generator=g)).to(dev)
+        with torch.inference_mode():
+            model.encode(x[..., : min(x.shape[-1], sr)], nq=nq)  # warm-up (weight folding caches)
+            te, td = [], []
+            for _ in range(max(1, repeats)):
+                t = time.perf_counter()
+                codes = model.encode(x, nq=nq)
+                te.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                model.decode(codes)
+                td.append(time.perf_counter() - t)
+        e, d = min(te), min(td)
+        return {"seconds": float(seconds), "nq": nq, "threads": torch.get_num_threads(),
+                "encode_x_realtime": seconds / e, "decode_x_realtime": seconds / d,
+                "encode_s": e, "decode_s": d, "params": model.num_parameters(),
+                "macs_per_frame": model.macs_per_frame(), "latency_ms": model.latency_ms}
+    finally:
+        torch.set_num_threads(old)
+
+
+def benchmark_streaming(model, chunk_ms: Optional[float] = None, seconds: float = 5.0, nq: int = 8,
+                        threads: int = 2, batch_size: int = 1, **_: Any) -> Dict[str, Any]:
+    """Streaming per-chunk wall time (encoder feed and decoder feed), default chunk = one frame.
+
+    Returns mean / median / p95 / max milliseconds per chunk for encoder and decoder, the chunk length in ms
+    and the real-time factor (chunk duration / mean time)."""
+    old = _threads(threads)
+    try:
+        model.eval()
+        sr, hop = model.sample_rate, model.hop_length
+        nq = min(int(nq), model.num_quantizers)
+        chunk = hop if chunk_ms is None else max(1, int(round(chunk_ms * sr / 1000.0)))
+        g = torch.Generator().manual_seed(0)
+        x = (0.1 * torch.randn(batch_size, 1, int(seconds * sr), generator=g)).to(model.device)
+        et, dt, nfr = [], [], 0
+        with torch.inference_mode():
+            enc = model.stream_encoder(batch_size, nq=nq)
+            dec = model.stream_decoder(batch_size)
+            enc.feed(x[..., :chunk])
+            enc.reset()
+            for i in range(0, x.shape[-1] - chunk + 1, chunk):
+                t = time.perf_counter()
+                c = enc.feed(x[..., i:i + chunk])
+                et.append(time.perf_counter() - t)
+                if c.shape[-1]:
+                    t = time.perf_counter()
+                    dec.feed(c)
+                    dt.append(time.perf_counter() - t)
+                    nfr += c.shape[-1]
+
+        def stats(v):
+            v = sorted(1000.0 * a for a in v) or [0.0]
+            return {"mean_ms": statistics.fmean(v), "median_ms": v[len(v) // 2],
+                    "p95_ms": v[int(0.95 * (len(v) - 1))], "max_ms": v[-1], "n": len(v)}
+
+        chunk_dur = 1000.0 * chunk / sr
+        es, ds = stats(et), stats(dt)
+        return {"chunk_samples": chunk, "chunk_ms": chunk_dur, "batch_size": batch_size, "nq": nq,
+                "threads": torch.get_num_threads(), "latency_ms": model.latency_ms,
+                "encoder": es, "decoder": ds,
+                "encoder_x_realtime": chunk_dur / max(es["mean_ms"], 1e-9),
+                "decoder_x_realtime": (hop / sr) * nfr / max(sum(dt), 1e-9) if dt else None}
+    finally:
+        torch.set_num_threads(old)
+
+
+_CHILD = r"""
+import json, resource, sys, time, torch
+import codec
+from codec.config import CodecConfig
+from codec.model import CodecModel
+args = json.loads(sys.argv[1])
+torch.set_num_threads(args["threads"])
+model = codec.load(args["model"]) if args["model"] else CodecModel(CodecConfig.from_dict(args["config"])).eval()
+sr, hop = model.sample_rate, model.hop_length
+chunk = hop * args["chunk_frames"]
+n = int(args["seconds"] * sr) // chunk
+g = torch.Generator().manual_seed(0)
+base = 0.1 * torch.randn(1, 1, chunk * 50, generator=g)
+t0 = time.perf_counter()
+with torch.inference_mode():
+    enc = model.stream_encoder(1, nq=args["nq"])
+    dec = model.stream_decoder(1)
+    for i in range(n):
+        c = enc.feed(base[..., (i % 50) * chunk:(i % 50 + 1) * chunk])
+        if args["decode"] and c.shape[-1]:
+            dec.feed(c)
+    enc.flush()
+print(json.dumps({"maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+                  "wall_s": time.perf_counter() - t0}))
+"""
+
+
+def peak_memory_streaming(model=None, seconds_list=(60.0, 600.0), nq: int = 8, threads: int = 2,
+                          chunk_frames: int = 75, decode: bool = True, model_path: Optional[str] = None,
+                          **_: Any) -> Dict[str, Any]:
+    """Peak RSS (ru_maxrss, MB) of a fresh subprocess that streams ``seconds`` of audio through the encoder (and
+    decoder), for each duration in ``seconds_list``.  Flat numbers mean constant memory.
+
+    ``model``: a CodecModel (its config is rebuilt with random weights in the child, same sizes) or
+    ``model_path`` (a directory loaded in the child)."""
+    if model is None and model_path is None:
+        raise ValueError("pass model or model_path")
+    cfg = model.config.to_dict() if model is not None else None
+    out: Dict[str, Any] = {"nq": nq, "threads": threads, "chunk_frames": chunk_frames, "decode": decode,
+                           "runs": []}
+    for s in seconds_list:
+        args = {"model": model_path, "config": cfg, "seconds": float(s), "nq": int(nq), "threads": int(threads),
+                "chunk_frames": int(chunk_frames), "decode": bool(decode)}
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.pathsep + \
+            env.get("PYTHONPATH", "")
+        r = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(args)], capture_output=True, text=True,
+                           env=env, timeout=3600)
+        if r.returncode != 0:
+            raise RuntimeError(f"memory benchmark child failed: {r.stderr.strip().splitlines()[-1:]}")
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        res["audio_seconds"] = float(s)
+        out["runs"].append(res)
+    return out

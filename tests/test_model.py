@@ -18,7 +18,7 @@ def small_model(seed=0, **kw):
     m = CodecModel(cfg)
     m.train()
     g = torch.Generator().manual_seed(seed)
-    x = 0.3 * torch.randn(2, 1, 24000, generator=g)
+    x = 0.3 * torch.randn(2, 1, 12000, generator=g)
     with torch.no_grad():
         m(x)  # k-means init of the codebooks on real latents -> codes with close competitors
     return m.eval()

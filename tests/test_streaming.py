@@ -15,7 +15,7 @@ def make_model(seed=0):
     m = CodecModel(CodecConfig.preset("24khz", base_channels=8, max_channels=64, latent_dim=32))
     m.train()
     with torch.no_grad():
-        m(0.3 * torch.randn(2, 1, 24000, generator=torch.Generator().manual_seed(seed)))  # k-means init
+        m(0.3 * torch.randn(2, 1, 12000, generator=torch.Generator().manual_seed(seed)))  # k-means init
     return m.eval()
 
 

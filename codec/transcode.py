@@ -328,6 +328,23 @@ class _EncState:
         self.reader.close()
 
 
+def _release_memory() -> None:
+    """Return freed heap pages to the OS (glibc ``malloc_trim``); keeps peak RSS flat on long streams."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            import ctypes
+
+            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM = None
+
+
 def _codes_dtype(codebook_size: int):
     return np.int16 if codebook_size <= 32767 else np.int32
 
@@ -416,6 +433,7 @@ def encode_files(
         try:
             with torch.inference_mode():
                 enc = _stream_encoder(model, streams, nq)
+                steps = 0
                 while True:
                     for _, st in group:
                         if st.error is None:
@@ -434,7 +452,10 @@ def encode_files(
                         if st.error is None:
                             x[st.slot: st.slot + st.streams, 0] = st.take(chunk)
                     codes = enc.feed(torch.from_numpy(x).to(device))
-                    c = _as_numpy_codes(codes, nq, dtype)
+                    c = _as_numpy_codes(codes, nq, dtype).copy()
+                    steps += 1
+                    if steps % 16 == 0:
+                        _release_memory()
                     for _, st in group:
                         if st.error is None:
                             st.codes.append(c[st.slot: st.slot + st.streams])
@@ -658,6 +679,8 @@ def decode_files(
                                 seg = st.cf.codes[:, :use_nq, pos: pos + f]
                                 codes[st.slot: st.slot + st.streams, :, : seg.shape[-1]] = seg
                             audio = dec.feed(torch.from_numpy(codes).to(dev)).detach().to("cpu").float().numpy()
+                            if (pos // fchunk) % 16 == 15:
+                                _release_memory()
                             for _, st in states:
                                 valid = min(f, st.frames - pos)
                                 if valid > 0:

@@ -29,7 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model directory or name (default: shipped speech-24k, else random weights of --preset)")
     parser.add_argument("--preset", default="24khz", help="config preset used when no trained model exists (24khz)")
     parser.add_argument("--seconds", type=float, default=10.0, help="audio length for speed runs (default 10)")
+    parser.add_argument("--memory-seconds", default="10,60", metavar="A,B",
+                        help="stream lengths (s) for the peak-memory check in a subprocess (default 10,60)")
     parser.add_argument("--nq", type=int, default=None, help="levels used (default: 8 or the model's maximum)")
+    parser.add_argument("--rvq-frames", type=int, default=100_000, help="frames for the quantizer benchmark")
     parser.add_argument("--device", default=None, help="torch device (default cpu)")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON to FILE")
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors (use with --json)")
@@ -99,7 +102,12 @@ def collect(args: argparse.Namespace) -> Dict[str, Any]:
         nq = args.nq or min(8, int(model.num_quantizers))
         out["model"] = {"name": name, "sample_rate": int(model.sample_rate), "nq": nq,
                         "kbps": float(model.bitrate(nq)) / 1000.0}
-        common = dict(model=model, seconds=args.seconds, duration=args.seconds, nq=nq, n_q=nq, device=args.device)
+        try:
+            mem_list = tuple(float(v) for v in str(args.memory_seconds).split(",") if v.strip())
+        except ValueError:
+            raise CodecError(f"--memory-seconds must be comma-separated numbers, got '{args.memory_seconds}'.") from None
+        model_path = args.model if args.model and __import__("os").path.isdir(args.model) else None
+        common = dict(model=model, seconds=args.seconds, nq=nq, device=args.device)
         for key, fname in (("offline", "benchmark_model"), ("streaming", "benchmark_streaming"),
                            ("memory", "peak_memory_streaming")):
             fn = getattr(mb, fname, None)
@@ -107,7 +115,8 @@ def collect(args: argparse.Namespace) -> Dict[str, Any]:
                 out[key] = {"error": f"codec.model_benchmark.{fname} is missing"}
                 continue
             t0 = time.perf_counter()
-            out[key] = _plain(call_with_accepted(fn, **common))
+            extra = dict(seconds_list=mem_list, model_path=model_path) if key == "memory" else {}
+            out[key] = _plain(call_with_accepted(fn, **common, **extra))
             if not isinstance(out[key], dict):
                 out[key] = {"result": out[key]}
             out[key].setdefault("wall_seconds", round(time.perf_counter() - t0, 3))
@@ -116,7 +125,7 @@ def collect(args: argparse.Namespace) -> Dict[str, Any]:
             from .quantization.benchmark import bench_rvq
         except ImportError as exc:
             raise CodecError(f"the quantizer benchmark is not available yet ({exc}).") from None
-        res = _plain(call_with_accepted(bench_rvq, device=args.device))
+        res = _plain(call_with_accepted(bench_rvq, device=args.device, n_frames=args.rvq_frames))
         out["rvq"] = res if isinstance(res, dict) else {"results": res}
     return out
 

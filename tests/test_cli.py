@@ -226,3 +226,11 @@ def test_demo(tmp_path, tiny, capsys):
     for r in rows:
         assert np.isfinite(r["si_sdr"]) and r["mel_distance"] > 0
         assert sf.info(r["decoded"]).frames == sf.info(str(sample)).frames
+
+
+def test_bench_rvq_json(tmp_path, capsys):
+    assert run("bench", "rvq", "--rvq-frames", 2000, "--json", tmp_path / "b.json") == 0
+    out = capsys.readouterr().out
+    assert "[rvq]" in out and "ours_fps" in out
+    d = json.loads((tmp_path / "b.json").read_text())
+    assert d["rvq"]["ours_fps"] > 0 and "machine" in d

@@ -2,7 +2,7 @@
 
 - **Opus** (``opusenc``/``opusdec`` from opus-tools, or ``ffmpeg -c:a libopus``): 6..510 kbps, VBR,
   48 kHz internally. Opus cannot go below 6 kbps, so settings below that are rejected.
-- **AMR-WB** (ITU-T G.722.2, 16 kHz): encoded with ``ffmpeg -c:a libvo_amrwbenc`` when ffmpeg has it,
+- **AMR-WB** (ITU-T G.722.2, 16 kHz; bitrate counted without the one-byte per-frame storage header): encoded with ``ffmpeg -c:a libvo_amrwbenc`` when ffmpeg has it,
   otherwise directly through the VisualOn encoder library ``libvo-amrwbenc.so.0`` (Debian package
   ``libvo-amrwbenc0``) with ctypes; decoded with ffmpeg's native AMR-WB decoder. Modes 6.6 .. 23.85 kbps.
 - **Codec2** (``c2enc``/``c2dec``, Debian package ``codec2``): modes 3200, 2400, 1600, 1400, 1300, 1200,
@@ -198,6 +198,18 @@ def _ogg_payload_bytes(data: bytes) -> Tuple[int, int]:
 # ---------------------------------------------------------------------------------------------
 
 
+def _count_amr_wb_frames(data: bytes) -> int:
+    """Number of frames in an AMR-WB storage-format file (``#!AMR-WB\\n`` + ToC byte + speech bits per frame)."""
+    pos, n = 9, 0
+    sizes = {i: b for i, b in enumerate(_AMR_WB_FRAME_BYTES)}
+    sizes.update({9: 6, 14: 1, 15: 1})  # SID, speech lost, no data
+    while pos < len(data):
+        ft = (data[pos] >> 3) & 0x0F
+        pos += sizes.get(ft, 1)
+        n += 1
+    return n
+
+
 def check_available(codec: str) -> str:
     """Return the backend that will be used for ``codec`` (e.g. ``"opusenc"``), or raise CodecError
     naming the missing binary and how to install it."""
@@ -304,7 +316,8 @@ def amr_wb(wav: np.ndarray, sample_rate: int, kbps: float, tmpdir: Optional[str]
     out = _resample(out.mean(axis=1), 16000, sample_rate)
     aligned, lag = align(x, out, max_lag=int(0.05 * sample_rate))
     dur = len(x) / sample_rate
-    payload = len(data) - 9  # minus the "#!AMR-WB\n" magic
+    nframes = _count_amr_wb_frames(data)
+    payload = len(data) - 9 - nframes  # minus the "#!AMR-WB\n" magic and one ToC byte per frame
     return BaselineResult(aligned, sample_rate, "amr-wb", f"{AMR_WB_MODES[mode]:g}", AMR_WB_MODES[mode],
                           payload * 8 / dur / 1000, len(data) * 8 / dur / 1000, lag, {"backend": backend})
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-shot set-up on a fresh machine: system codecs (for baselines and G.722 decoding),
+# One-shot set-up on a fresh machine: system codecs (ffmpeg, Opus, Codec2, AMR-WB: for baselines and decoding),
 # a virtual environment in .venv, and the project with its test/eval/train extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,6 +7,8 @@ need=()
 command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
 command -v c2enc >/dev/null 2>&1 || need+=(codec2)
 command -v opusenc >/dev/null 2>&1 || need+=(opus-tools)
+# AMR-WB encoder library (loaded with ctypes by codec.baselines; ffmpeg decodes AMR-WB natively)
+{ ldconfig -p 2>/dev/null | grep -q libvo-amrwbenc.so; } || need+=(libvo-amrwbenc0)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null

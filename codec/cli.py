@@ -141,6 +141,40 @@ def plan_jobs(inputs: Sequence[str], out: str, in_exts: Optional[set], out_ext: 
     return pairs
 
 
+def _run_file_jobs(args: argparse.Namespace, pairs: Sequence[Tuple[Path, Path]], desc: str,
+                   seconds: Callable[[Path], float], describe: Callable[[object], str],
+                   work: Callable[[Callable, Callable], None]) -> int:
+    """Run a batch of file jobs under one progress bar (in seconds of audio) and report each result.
+
+    ``seconds(src)`` gives an input's duration for the bar (inputs that raise :class:`CodecError` count 0);
+    ``work(progress, on_result)`` runs the jobs, calling ``on_result(JobResult)`` once per file.
+    Warnings and errors go to stderr, ``describe(result)`` of each success to stdout (unless --quiet).
+    Returns 0, or 2 when any file failed.
+    """
+    total = 0.0
+    for src, _ in pairs:
+        try:
+            total += seconds(src)
+        except CodecError:
+            pass
+    failed = 0
+    with _progress_bar(args, total or None, desc) as bar:
+        def on_result(r) -> None:
+            nonlocal failed
+            for w in r.warnings:
+                bar.clear()
+                _warn(w)
+            if r.error:
+                failed += 1
+                bar.clear()
+                _err(r.error)
+            elif not args.quiet:
+                bar.write(describe(r))
+
+        work(bar.update, on_result)
+    return EXIT_USER_ERROR if failed else 0
+
+
 def _human_bytes(n: int) -> str:
     return f"{n} B" if n < 1024 else (f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.1f} MiB")
 
@@ -159,32 +193,21 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     nq = args.nq if args.nq is not None else min(8, max_nq)
     if not 1 <= nq <= max_nq:
         raise CodecError(f"--nq {nq} is out of range: this model has levels 1 to {max_nq}.")
-    total = 0.0
-    for src, _ in pairs:
-        try:
-            i = audio_info(src)
-            total += i.frames / i.sample_rate if i.frames > 0 else 0.0
-        except CodecError:
-            pass
-    failed = 0
-    with _progress_bar(args, total or None, "encode") as bar:
-        def on_result(r) -> None:
-            nonlocal failed
-            for w in r.warnings:
-                bar.clear()
-                _warn(w)
-            if r.error:
-                failed += 1
-                bar.clear()
-                _err(r.error)
-            elif not args.quiet:
-                h = r.header
-                bar.write(f"{r.src} -> {r.dst}: {h.duration:.2f} s, {h.num_levels} levels, "
-                          f"{h.bitrate / 1000:.2f} kbps, {_human_bytes(h.file_size)}")
 
+    def seconds(src: Path) -> float:
+        i = audio_info(src)
+        return i.frames / i.sample_rate if i.frames > 0 else 0.0
+
+    def describe(r) -> str:
+        h = r.header
+        return (f"{r.src} -> {r.dst}: {h.duration:.2f} s, {h.num_levels} levels, "
+                f"{h.bitrate / 1000:.2f} kbps, {_human_bytes(h.file_size)}")
+
+    def work(progress, on_result) -> None:
         encode_files(model, name, [EncodeJob(s, d) for s, d in pairs], nq, keep_channels=args.channels == "keep",
-                     batch_size=args.batch_size, progress=bar.update, on_result=on_result)
-    return EXIT_USER_ERROR if failed else 0
+                     batch_size=args.batch_size, progress=progress, on_result=on_result)
+
+    return _run_file_jobs(args, pairs, "encode", seconds, describe, work)
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:
@@ -193,30 +216,22 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     from .codes_format import read_header
 
     pairs = plan_jobs(args.inputs, args.output, {".codes"}, ".wav")
-    total = 0.0
-    for src, _ in pairs:
-        try:
-            h = read_header(src, verify=False)
-            total += h.num_frames / h.frame_rate
-        except CodecError:
-            pass
-    failed = 0
-    with _progress_bar(args, total or None, "decode") as bar:
-        def on_result(r) -> None:
-            nonlocal failed
-            if r.error:
-                failed += 1
-                bar.clear()
-                _err(r.error)
-            elif not args.quiet:
-                h = r.header
-                bar.write(f"{r.src} -> {r.dst}: {h.duration:.2f} s at {args.sample_rate or h.orig_sample_rate} Hz, "
-                          f"{args.nq or h.num_levels} of {h.num_levels} levels")
 
+    def seconds(src: Path) -> float:
+        h = read_header(src, verify=False)
+        return h.num_frames / h.frame_rate
+
+    def describe(r) -> str:
+        h = r.header
+        return (f"{r.src} -> {r.dst}: {h.duration:.2f} s at {args.sample_rate or h.orig_sample_rate} Hz, "
+                f"{args.nq or h.num_levels} of {h.num_levels} levels")
+
+    def work(progress, on_result) -> None:
         decode_files([DecodeJob(s, d) for s, d in pairs], model_spec=args.model, nq=args.nq,
                      sample_rate=args.sample_rate, batch_size=args.batch_size, device=args.device,
-                     progress=bar.update, on_result=on_result)
-    return EXIT_USER_ERROR if failed else 0
+                     progress=progress, on_result=on_result)
+
+    return _run_file_jobs(args, pairs, "decode", seconds, describe, work)
 
 
 def format_info(path: str, header, file_size: int) -> str:

@@ -27,6 +27,37 @@ def _lrelu(x: Tensor) -> Tensor:
     return F.leaky_relu(x, 0.1)
 
 
+def _conv_stack(convs: nn.ModuleList, post: nn.Module, x: Tensor) -> Tuple[Tensor, List[Tensor]]:
+    """Run ``convs`` (each followed by leaky ReLU) then ``post``; return ``(logits, features)``.
+
+    ``features`` holds every intermediate activation, ending with the logits themselves.
+    """
+    feats = []
+    for conv in convs:
+        x = _lrelu(conv(x))
+        feats.append(x)
+    x = post(x)
+    feats.append(x)
+    return x, feats
+
+
+class _DiscriminatorGroup(nn.Module):
+    """A list ``self.discs`` of sub-discriminators all judging the same input.
+
+    ``forward(x [B, 1, T]) -> (logits list, features list of lists)``, one entry per sub-discriminator.
+    """
+
+    discs: nn.ModuleList
+
+    def forward(self, x: Tensor) -> Tuple[List[Tensor], List[List[Tensor]]]:
+        logits, feats = [], []
+        for d in self.discs:
+            lg, ft = d(x)
+            logits.append(lg)
+            feats.append(ft)
+        return logits, feats
+
+
 class PeriodDiscriminator(nn.Module):
     """One period of the MPD. ``forward(x [B, 1, T]) -> (logits [B, 1, T', p], features)``."""
 
@@ -47,29 +78,15 @@ class PeriodDiscriminator(nn.Module):
             x = F.pad(x, (0, self.period - t % self.period))
             t = x.shape[-1]
         x = x.view(b, c, t // self.period, self.period)
-        feats = []
-        for conv in self.convs:
-            x = _lrelu(conv(x))
-            feats.append(x)
-        x = self.post(x)
-        feats.append(x)
-        return x, feats
+        return _conv_stack(self.convs, self.post, x)
 
 
-class MultiPeriodDiscriminator(nn.Module):
+class MultiPeriodDiscriminator(_DiscriminatorGroup):
     """HiFi-GAN multi-period discriminator over ``periods``."""
 
     def __init__(self, periods: Sequence[int] = (2, 3, 5, 7, 11), channels: int = 32):
         super().__init__()
         self.discs = nn.ModuleList([PeriodDiscriminator(p, channels) for p in periods])
-
-    def forward(self, x: Tensor) -> Tuple[List[Tensor], List[List[Tensor]]]:
-        logits, feats = [], []
-        for d in self.discs:
-            lg, ft = d(x)
-            logits.append(lg)
-            feats.append(ft)
-        return logits, feats
 
 
 class STFTDiscriminator(nn.Module):
@@ -98,29 +115,15 @@ class STFTDiscriminator(nn.Module):
                           normalized=True, return_complex=True)          # [B, F, frames]
         z = torch.stack([spec.real, spec.imag], dim=1).transpose(2, 3)   # [B, 2, frames, F]
         z = z.to(x.dtype)
-        feats = []
-        for conv in self.convs:
-            z = _lrelu(conv(z))
-            feats.append(z)
-        z = self.post(z)
-        feats.append(z)
-        return z, feats
+        return _conv_stack(self.convs, self.post, z)
 
 
-class MultiScaleSTFTDiscriminator(nn.Module):
+class MultiScaleSTFTDiscriminator(_DiscriminatorGroup):
     """EnCodec-style multi-scale STFT discriminator over window sizes ``n_ffts``."""
 
     def __init__(self, n_ffts: Sequence[int] = (2048, 1024, 512), channels: int = 32):
         super().__init__()
         self.discs = nn.ModuleList([STFTDiscriminator(n, channels) for n in n_ffts])
-
-    def forward(self, x: Tensor) -> Tuple[List[Tensor], List[List[Tensor]]]:
-        logits, feats = [], []
-        for d in self.discs:
-            lg, ft = d(x)
-            logits.append(lg)
-            feats.append(ft)
-        return logits, feats
 
 
 class Discriminators(nn.Module):

@@ -370,16 +370,25 @@ def trim_silence(x: np.ndarray, sr: int, max_silence: float = 0.5, keep: float =
     return out
 
 
-def bandwidth_hz(x: np.ndarray, sr: int, rolloff: float = 0.99, n_fft: int = 2048) -> float:
-    """Frequency (Hz) below which ``rolloff`` of the signal energy lies (mean power spectrum)."""
-    if len(x) < 16:
-        return 0.0
+def _mean_power_spectrum(x: np.ndarray, n_fft: int) -> Tuple[np.ndarray, int]:
+    """Mean power spectrum of ``x [T]`` (T >= 16) over Hann-windowed frames with 50 % overlap.
+
+    ``n_fft`` is reduced to the largest power of two not above ``T`` when the signal is shorter.
+    Returns ``(power [n_fft // 2 + 1], n_fft used)``.
+    """
     n_fft = min(n_fft, 1 << int(np.floor(np.log2(len(x)))))
     hop = n_fft // 2
     win = np.hanning(n_fft).astype(np.float64)
     nfr = 1 + max(0, (len(x) - n_fft) // hop)
     frames = np.stack([x[i * hop:i * hop + n_fft] for i in range(nfr)]).astype(np.float64) * win
-    p = (np.abs(np.fft.rfft(frames, axis=1)) ** 2).mean(axis=0)
+    return (np.abs(np.fft.rfft(frames, axis=1)) ** 2).mean(axis=0), n_fft
+
+
+def bandwidth_hz(x: np.ndarray, sr: int, rolloff: float = 0.99, n_fft: int = 2048) -> float:
+    """Frequency (Hz) below which ``rolloff`` of the signal energy lies (mean power spectrum)."""
+    if len(x) < 16:
+        return 0.0
+    p, n_fft = _mean_power_spectrum(x, n_fft)
     c = np.cumsum(p)
     if c[-1] <= 0:
         return 0.0
@@ -392,12 +401,7 @@ def cutoff_hz(x: np.ndarray, sr: int, drop_db: float = 60.0, n_fft: int = 2048) 
     a rough estimate of the recording's low-pass cut-off (codec / resampling band limit)."""
     if len(x) < 16:
         return 0.0
-    n_fft = min(n_fft, 1 << int(np.floor(np.log2(len(x)))))
-    hop = n_fft // 2
-    win = np.hanning(n_fft).astype(np.float64)
-    nfr = 1 + max(0, (len(x) - n_fft) // hop)
-    frames = np.stack([x[i * hop:i * hop + n_fft] for i in range(nfr)]).astype(np.float64) * win
-    p = (np.abs(np.fft.rfft(frames, axis=1)) ** 2).mean(axis=0)
+    p, n_fft = _mean_power_spectrum(x, n_fft)
     k = max(1, len(p) // 128)
     ps = np.convolve(p, np.ones(k) / k, mode="same")
     db = 10 * np.log10(ps + 1e-20)

@@ -31,7 +31,8 @@ class Snake(nn.Module):
 
 class ELU(nn.Module):
     """ELU (alpha = 1).  Training (and ``exact=False``, used in the decoder) uses ``F.elu``; exact inference uses
-    ``where(x > 0, x, expm1(x))`` (position-independent results).  Layout-agnostic."""
+    ``clamp(x, min=0) + expm1(clamp(x, max=0))`` (position-independent results, the same bits as
+    ``where(x > 0, x, expm1(x))`` at half its cost).  Layout-agnostic."""
 
     def __init__(self, channels: int = 0, exact: bool = True) -> None:
         super().__init__()
@@ -40,7 +41,8 @@ class ELU(nn.Module):
     def forward(self, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
         if not self.exact or (self.training and torch.is_grad_enabled()):
             return F.elu(x)
-        return torch.where(x > 0, x, torch.expm1(x))
+        neg = torch.clamp(x, max=0.0).expm1_()
+        return torch.clamp(x, min=0.0).add_(neg)
 
 
 def make_activation(name: str, channels: int, exact: bool = True) -> nn.Module:

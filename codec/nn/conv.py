@@ -35,20 +35,18 @@ def exact_linear(rows: torch.Tensor, weight_t: torch.Tensor, block_rows: int) ->
     The result of a row does not depend on N or on the row's position (see module docstring)."""
     n, kd = rows.shape
     m = weight_t.shape[1]
+    out = rows.new_empty(n, m)
     if n == 0:
-        return rows.new_zeros(0, m)
-    nb = -(-n // block_rows)
-    if nb * block_rows != n:
-        padded = rows.new_zeros(nb * block_rows, kd)
-        padded[:n] = rows
-        rows = padded
-    else:
-        rows = rows.contiguous()
-    out = rows.new_empty(nb * block_rows, m)
-    for i in range(nb):
-        s = i * block_rows
+        return out
+    rows = rows.contiguous()
+    full = n - n % block_rows
+    for s in range(0, full, block_rows):
         torch.mm(rows[s:s + block_rows], weight_t, out=out[s:s + block_rows])
-    return out[:n]
+    if full < n:  # last partial block: zero-padded to the fixed shape in a small buffer
+        tail = rows.new_zeros(block_rows, kd)
+        tail[: n - full] = rows[full:]
+        out[full:] = torch.mm(tail, weight_t)[: n - full]
+    return out
 
 
 def _norm_weight(v: torch.Tensor, g: torch.Tensor, dim: int) -> torch.Tensor:

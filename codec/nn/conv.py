@@ -20,7 +20,7 @@ chunking, length or batch.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -158,6 +158,8 @@ class StreamingConv1d(_WeightNorm):
         t_out = (xp.shape[1] - self.span) // self.stride + 1
         if t_out <= 0:
             return x.new_zeros(B, 0, self.out_channels)
+        if self.stride > 1 and self.dilation == 1 and self.span % self.stride == 0:
+            return self._exact_frames(xp, t_out)
         if self.kernel_size == 1 and self.stride == 1:
             rows = xp.reshape(B * t_out, C)
         else:
@@ -167,8 +169,41 @@ class StreamingConv1d(_WeightNorm):
             rows = win.reshape(B * t_out, C * self.kernel_size)
         wt = self.exact_weight().to(x.dtype)
         y = exact_linear(rows, wt, self.block_rows)
-        y = y + self.bias.to(x.dtype)
+        y.add_(self.bias.to(x.dtype))
         return y.reshape(B, t_out, self.out_channels)
+
+    def _group_weights(self) -> List[torch.Tensor]:
+        """Strided conv weights split into ``span // stride`` groups of ``stride`` taps, each ``[stride * C_in,
+        C_out]`` with rows ordered (tap, channel) like a channels-last frame (cached in eval)."""
+        def build() -> List[torch.Tensor]:
+            w = self.weight()  # [C_out, C_in, k]
+            s = self.stride
+            return [w[:, :, g * s:(g + 1) * s].permute(2, 1, 0).reshape(s * self.in_channels, self.out_channels)
+                    .contiguous() for g in range(self.span // s)]
+        if self.training or torch.is_grad_enabled():
+            return build()
+        key = self._key()
+        if self._cache.get("key") != key or "wg" not in self._cache:
+            wg = build()  # refreshes the cache (and its key) through self.weight()
+            self._cache["wg"] = wg
+        return self._cache["wg"]  # type: ignore[return-value]
+
+    def _exact_frames(self, xp: torch.Tensor, t_out: int) -> torch.Tensor:
+        """Strided conv without im2col: a channels-last input ``[B, (t_out + G - 1) * stride, C_in]`` viewed as
+        frames ``[B, t_out + G - 1, stride * C_in]``; output frame f = sum over groups g of frame ``f + g`` times
+        weight group g, each a fixed-shape blocked GEMM on a contiguous slice."""
+        B = xp.shape[0]
+        s, groups = self.stride, self.span // self.stride
+        frames = xp[:, : (t_out + groups - 1) * s].reshape(B, t_out + groups - 1, s * self.in_channels)
+        wg = [w.to(xp.dtype) for w in self._group_weights()]
+        bias = self.bias.to(xp.dtype)
+        out = []
+        for b in range(B):
+            y = exact_linear(frames[b, :t_out], wg[0], self.block_rows)
+            for g in range(1, groups):
+                y.add_(exact_linear(frames[b, g:g + t_out], wg[g], self.block_rows))
+            out.append(y.add_(bias))
+        return torch.stack(out, 0)
 
 
 class StreamingConvTranspose1d(_WeightNorm):

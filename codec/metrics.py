@@ -4,17 +4,21 @@ All metric functions take mono signals as 1-D arrays ``[T]`` (numpy arrays or to
 leading singleton dimensions such as ``[1, T]`` / ``[1, 1, T]`` are squeezed). The reference comes first.
 When the two signals differ in length they are cut to the shorter one.
 
-PESQ and STOI need the optional packages ``pesq`` and ``pystoi`` (``pip install 'codec[eval]'``);
-the other metrics only need numpy and torch. The mel filterbank is implemented here (no librosa).
+PESQ and STOI need the optional packages ``pesq`` and ``pystoi`` (``pip install 'codec[eval]'``),
+ViSQOL needs ``visqol-python[lattice]`` (not part of any extra); the other metrics only need numpy and torch. The mel filterbank is implemented here (no librosa).
 """
 from __future__ import annotations
 
+import functools
+import importlib
 import math
+import warnings
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
+from codec.audio import resample
 from codec.errors import CodecError
 
 ArrayLike = Union[np.ndarray, torch.Tensor, Sequence[float]]
@@ -29,7 +33,11 @@ __all__ = [
     "multiscale_mel_distance",
     "pesq_wb",
     "stoi",
+    "visqol_speech",
+    "require",
+    "OPTIONAL_PACKAGES",
     "mean_ci",
+    "summarize",
     "t_quantile",
     "DEFAULT_MEL_WINDOWS",
     "DEFAULT_MEL_BANDS",
@@ -92,25 +100,24 @@ def snr(ref: ArrayLike, est: ArrayLike, eps: float = 1e-12) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
+# Slaney mel scale constants: linear (200/3 Hz per mel) below 1 kHz, log step ln(6.4)/27 above.
+_F_SP = 200.0 / 3
+_MIN_LOG_HZ = 1000.0
+_MIN_LOG_MEL = _MIN_LOG_HZ / _F_SP
+_LOGSTEP = math.log(6.4) / 27.0
+
+
 def hz_to_mel(f: Union[float, np.ndarray]) -> Union[float, np.ndarray]:
     """Slaney mel scale (linear below 1 kHz, logarithmic above), as used by most codec losses."""
     f = np.asarray(f, dtype=np.float64)
-    f_sp = 200.0 / 3
-    min_log_hz = 1000.0
-    min_log_mel = min_log_hz / f_sp
-    logstep = math.log(6.4) / 27.0
-    mel = f / f_sp
-    return np.where(f >= min_log_hz, min_log_mel + np.log(np.maximum(f, 1e-10) / min_log_hz) / logstep, mel)
+    log_part = _MIN_LOG_MEL + np.log(np.maximum(f, 1e-10) / _MIN_LOG_HZ) / _LOGSTEP
+    return np.where(f >= _MIN_LOG_HZ, log_part, f / _F_SP)
 
 
 def mel_to_hz(m: Union[float, np.ndarray]) -> Union[float, np.ndarray]:
     """Inverse of :func:`hz_to_mel`."""
     m = np.asarray(m, dtype=np.float64)
-    f_sp = 200.0 / 3
-    min_log_hz = 1000.0
-    min_log_mel = min_log_hz / f_sp
-    logstep = math.log(6.4) / 27.0
-    return np.where(m >= min_log_mel, min_log_hz * np.exp(logstep * (m - min_log_mel)), f_sp * m)
+    return np.where(m >= _MIN_LOG_MEL, _MIN_LOG_HZ * np.exp(_LOGSTEP * (m - _MIN_LOG_MEL)), _F_SP * m)
 
 
 def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0,
@@ -138,24 +145,31 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0,
     return (w * enorm[:, None]).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=64)
+def _mel_fb_tensor(sample_rate: int, n_fft: int, n_mels: int) -> torch.Tensor:
+    return torch.from_numpy(mel_filterbank(sample_rate, n_fft, n_mels))
+
+
 def log_mel_spectrogram(x: ArrayLike, sample_rate: int, win_length: int = 1024, n_mels: int = 80,
                         hop_length: Optional[int] = None, eps: float = 1e-5) -> torch.Tensor:
-    """log10 mel magnitude spectrogram of a mono signal.
+    """log10 mel magnitude spectrogram of a mono signal ``[T]`` or a batch of them ``[B, T]``.
 
     Args:
-        x: signal ``[T]``.
+        x: signal ``[T]`` (or ``[B, T]`` torch/numpy).
         win_length: Hann window = FFT size; ``hop_length`` defaults to ``win_length // 4``.
     Returns:
-        ``[n_mels, frames]`` float32 tensor ``log10(max(mel, eps))``.
+        ``[n_mels, frames]`` (``[B, n_mels, frames]`` for a batch) float32 tensor ``log10(max(mel, eps))``.
     """
-    sig = torch.as_tensor(_as_1d(x), dtype=torch.float32)
+    sig = torch.as_tensor(np.asarray(x, dtype=np.float32) if not isinstance(x, torch.Tensor) else x,
+                          dtype=torch.float32)
+    if sig.dim() != 2:
+        sig = torch.as_tensor(_as_1d(x), dtype=torch.float32)
     hop = hop_length or max(1, win_length // 4)
-    if len(sig) < win_length:
-        sig = torch.nn.functional.pad(sig, (0, win_length - len(sig)))
+    if sig.shape[-1] < win_length:
+        sig = torch.nn.functional.pad(sig, (0, win_length - sig.shape[-1]))
     spec = torch.stft(sig, n_fft=win_length, hop_length=hop, win_length=win_length,
                       window=torch.hann_window(win_length), center=True, return_complex=True).abs()
-    fb = torch.from_numpy(mel_filterbank(sample_rate, win_length, n_mels))
-    mel = fb @ spec
+    mel = torch.matmul(_mel_fb_tensor(int(sample_rate), win_length, n_mels), spec)
     return torch.log10(mel.clamp_min(eps))
 
 
@@ -172,13 +186,14 @@ def multiscale_mel_distance(ref: ArrayLike, est: ArrayLike, sample_rate: int,
         ref, est: mono signals ``[T]`` at ``sample_rate``.
     """
     if len(window_lengths) != len(n_mels):
-        raise CodecError("window_lengths and n_mels must have the same number of entries")
+        raise CodecError("window_lengths and n_mels must have the same number of entries.")
     r, e = _pair(ref, est)
+    both = torch.from_numpy(np.stack([r, e]).astype(np.float32))
     total = 0.0
-    for w, m in zip(window_lengths, n_mels):
-        a = log_mel_spectrogram(r, sample_rate, w, m, eps=eps)
-        b = log_mel_spectrogram(e, sample_rate, w, m, eps=eps)
-        total += float((a - b).abs().mean())
+    with torch.inference_mode():
+        for w, m in zip(window_lengths, n_mels):
+            a, b = log_mel_spectrogram(both, sample_rate, w, m, eps=eps)
+            total += float((a - b).abs().mean())
     return total
 
 
@@ -187,34 +202,59 @@ def multiscale_mel_distance(ref: ArrayLike, est: ArrayLike, sample_rate: int,
 # ---------------------------------------------------------------------------------------------
 
 
-def _resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
-    if sr_in == sr_out:
-        return x
-    import soxr
+#: metric -> (module to import, package to install); the optional packages behind PESQ / STOI / ViSQOL.
+OPTIONAL_PACKAGES = {"pesq": ("pesq", "pesq"), "stoi": ("pystoi", "pystoi"), "visqol": ("visqol", "visqol-python")}
+_EXTRA = {"pesq": "codec[eval]", "stoi": "codec[eval]", "visqol": "visqol-python[lattice]"}
+_TITLE = {"pesq": "PESQ", "stoi": "STOI", "visqol": "ViSQOL"}
 
-    return soxr.resample(x.astype(np.float32), sr_in, sr_out, quality="HQ").astype(np.float64)
+
+def require(metric: str):
+    """Import and return the optional package behind ``metric`` (``"pesq"``, ``"stoi"`` or ``"visqol"``).
+
+    Raises:
+        CodecError: the package is not installed (the message says what to install).
+    """
+    module, package = OPTIONAL_PACKAGES[metric]
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise CodecError(f"the {_TITLE[metric]} metric needs the '{package}' package: "
+                         f"pip install '{_EXTRA[metric]}'.") from None
+
+
+def _pair_at(ref: ArrayLike, est: ArrayLike, sample_rate: int, target_rate: int,
+             min_seconds: float, metric: str) -> Tuple[np.ndarray, np.ndarray]:
+    """Reference and estimate as float64 ``[T]`` resampled to ``target_rate``, cut to a common length.
+
+    Raises:
+        CodecError: the common length is below ``min_seconds``.
+    """
+    r, e = _pair(ref, est)
+    if sample_rate != target_rate:
+        r = resample(r, sample_rate, target_rate).astype(np.float64)
+        e = resample(e, sample_rate, target_rate).astype(np.float64)
+    n = min(len(r), len(e))
+    if n < min_seconds * target_rate:
+        raise CodecError(f"{metric} needs at least {min_seconds:g} s of audio.")
+    return r[:n], e[:n]
 
 
 def pesq_wb(ref: ArrayLike, est: ArrayLike, sample_rate: int) -> float:
     """Wide-band PESQ (ITU-T P.862.2, MOS-LQO 1.04..4.64) on signals resampled to 16 kHz.
 
-    Returns ``nan`` when PESQ finds no speech in the reference (silent input).
-
+    Args:
+        ref, est: mono signals ``[T]`` at ``sample_rate``.
+    Returns:
+        MOS-LQO, or ``nan`` when PESQ finds no speech in the reference (silent input).
     Raises:
-        CodecError: the ``pesq`` package is missing.
+        CodecError: the ``pesq`` package is missing or the signals are shorter than 0.25 s.
     """
+    pesq_mod = require("pesq")
+    r, d = _pair_at(ref, est, sample_rate, 16000, 0.25, "PESQ")
+    if not np.any(r):
+        return float("nan")
     try:
-        import pesq as _pesq
-    except ImportError as e:
-        raise CodecError("PESQ needs the 'pesq' package: install codec[eval] (pip install 'codec[eval]')") from e
-    r, d = _pair(ref, est)
-    r = _resample(r, sample_rate, 16000)
-    d = _resample(d, sample_rate, 16000)
-    n = min(len(r), len(d))
-    if n < 16000 // 4:
-        raise CodecError("PESQ needs at least 0.25 s of audio")
-    try:
-        return float(_pesq.pesq(16000, r[:n].astype(np.float32), d[:n].astype(np.float32), "wb"))
+        return float(pesq_mod.pesq(16000, r.astype(np.float32), d.astype(np.float32), "wb"))
     except Exception as e:  # pesq.NoUtterancesError / PesqError
         if "utterance" in str(e).lower() or type(e).__name__.lower().startswith("nouttera"):
             return float("nan")
@@ -224,19 +264,46 @@ def pesq_wb(ref: ArrayLike, est: ArrayLike, sample_rate: int) -> float:
 def stoi(ref: ArrayLike, est: ArrayLike, sample_rate: int, extended: bool = False) -> float:
     """Short-time objective intelligibility (Taal et al. 2011; ``extended`` = ESTOI), 0..1, via ``pystoi``.
 
-    Raises:
-        CodecError: the ``pystoi`` package is missing.
-    """
-    try:
-        from pystoi import stoi as _stoi
-    except ImportError as e:
-        raise CodecError("STOI needs the 'pystoi' package: install codec[eval] (pip install 'codec[eval]')") from e
-    r, d = _pair(ref, est)
-    import warnings
+    The signals are resampled to 10 kHz (STOI's internal rate) here, with soxr.
 
+    Args:
+        ref, est: mono signals ``[T]`` at ``sample_rate``.
+    Raises:
+        CodecError: the ``pystoi`` package is missing or the signals are shorter than 0.25 s.
+    """
+    pystoi_mod = require("stoi")
+    r, d = _pair_at(ref, est, sample_rate, 10000, 0.25, "STOI")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return float(_stoi(r, d, sample_rate, extended=extended))
+        return float(pystoi_mod.stoi(r, d, 10000, extended=extended))
+
+
+_VISQOL_API = None
+
+
+def visqol_speech(ref: ArrayLike, est: ArrayLike, sample_rate: int) -> float:
+    """ViSQOL v3 speech-mode MOS-LQO (1..5) on signals resampled to 16 kHz, via ``visqol-python``
+    with its deep-lattice mapping (as Google's C++ default; the polynomial fallback, which over-predicts
+    by 1-2 MOS, is never used).
+
+    Args:
+        ref, est: mono signals ``[T]`` at ``sample_rate``.
+    Raises:
+        CodecError: ``visqol-python`` or its lattice runtime (``ai-edge-litert``) is missing, or the
+            signals are shorter than 0.5 s.
+    """
+    global _VISQOL_API
+    vq = require("visqol")
+    r, d = _pair_at(ref, est, sample_rate, 16000, 0.5, "ViSQOL")
+    if _VISQOL_API is None:
+        api = vq.VisqolApi()
+        try:
+            api.create(mode="speech", use_lattice_model=True)
+        except ImportError:
+            raise CodecError("the ViSQOL metric needs the lattice runtime: "
+                             "pip install 'visqol-python[lattice]'.") from None
+        _VISQOL_API = api
+    return float(_VISQOL_API.measure_from_arrays(r, d, 16000).moslqo)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,8 +9,9 @@ Student-t confidence intervals over files.
 Outputs: a table on stdout; with ``--out DIR``: ``results.json`` (summaries and per-file values),
 ``metrics_vs_kbps.png`` and ``spectrogram_<k>.png`` for the first few files.
 
-ViSQOL is not computed: no ViSQOL implementation is a dependency of this project (see the README of
-``codec eval``); the JSON records this under ``"visqol"``.
+ViSQOL (speech mode, MOS-LQO) is opt-in: ``--metrics pesq,stoi,mel,sisdr,visqol`` with the unofficial
+pure-Python port ``visqol-python[lattice]`` installed (not part of any extra: it builds ``libsvm-official``
+from source and pulls the TFLite runtime); the JSON records under ``"visqol"`` whether it was computed.
 """
 from __future__ import annotations
 
@@ -26,18 +27,21 @@ import numpy as np
 
 from codec.errors import CodecError
 
-__all__ = ["evaluate", "add_arguments", "run", "list_inputs", "format_table", "METRICS"]
+__all__ = ["evaluate", "add_arguments", "run", "list_inputs", "format_table", "METRICS", "DEFAULT_METRICS"]
 
-#: metric key -> (column title, higher is better)
-METRICS: Dict[str, Tuple[str, bool]] = {
-    "pesq": ("PESQ-WB", True),
-    "stoi": ("STOI", True),
-    "mel": ("mel-dist", False),
-    "sisdr": ("SI-SDR", True),
+#: metric key -> (column title, higher is better, decimals in the table)
+METRICS: Dict[str, Tuple[str, bool, int]] = {
+    "pesq": ("PESQ-WB", True, 2),
+    "stoi": ("STOI", True, 3),
+    "mel": ("mel-dist", False, 3),
+    "sisdr": ("SI-SDR", True, 2),
+    "visqol": ("ViSQOL", True, 2),
 }
+#: metrics computed when none are named (ViSQOL is opt-in)
+DEFAULT_METRICS: Tuple[str, ...] = ("pesq", "stoi", "mel", "sisdr")
 AUDIO_EXTS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".oga")
-VISQOL_NOTE = ("not computed: no maintained ViSQOL package is a dependency of codec "
-               "(PyPI only has unofficial ports: visqol-python, speequal, pyvisqol)")
+VISQOL_OFF = "not computed (opt-in: --metrics ...,visqol with visqol-python[lattice] installed)"
+VISQOL_ON = "speech mode, visqol-python (unofficial port of ViSQOL v3) with the lattice mapping"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,43 +76,28 @@ def list_inputs(src: Union[str, Sequence[str]], max_files: Optional[int] = None)
                 try:
                     p = json.loads(line)["path"]
                 except (ValueError, KeyError, TypeError):
-                    raise CodecError(f"{src} line {i + 1} is not a JSON object with a 'path'") from None
+                    raise CodecError(f"manifest '{src}' line {i + 1} is not a JSON object with a 'path'.") from None
                 files.append(p if os.path.isabs(p) else os.path.join(base, p))
-    elif os.path.isfile(src):
+    elif os.path.exists(src):
         files = [src]
     else:
-        raise CodecError(f"evaluation input '{src}' is neither a directory, a .jsonl manifest nor an audio file")
+        raise CodecError(f"evaluation input '{src}' does not exist.")
     if max_files is not None and max_files > 0:
         files = files[:max_files]
     if not files:
-        raise CodecError(f"no audio files found in '{src}'")
+        raise CodecError(f"no audio files found in '{src}'.")
     for p in files:
         if not os.path.isfile(p):
-            raise CodecError(f"audio file '{p}' does not exist")
+            raise CodecError(f"audio file '{p}' does not exist.")
     return files
 
 
 def _load_mono(path: str, sample_rate: int) -> np.ndarray:
     """Load a file as mono float32 ``[T]`` at ``sample_rate`` (soxr resampling)."""
-    try:
-        from codec.audio import load_audio  # shared loader (more formats)
+    from codec.audio import load_audio, resample, to_mono
 
-        wav, sr = load_audio(path)
-    except ImportError:
-        import soundfile as sf
-
-        try:
-            x, sr = sf.read(path, dtype="float32", always_2d=True)
-        except RuntimeError as e:
-            raise CodecError(f"cannot read audio file '{path}': {e}") from None
-        wav = x.T
-    wav = np.asarray(wav, dtype=np.float32)
-    x = wav.mean(axis=0) if wav.ndim == 2 else wav.reshape(-1)
-    if int(sr) != sample_rate:
-        import soxr
-
-        x = soxr.resample(x, int(sr), sample_rate, quality="HQ").astype(np.float32)
-    return np.ascontiguousarray(x, dtype=np.float32)
+    wav, sr = load_audio(path)
+    return np.ascontiguousarray(resample(to_mono(wav)[0], int(sr), sample_rate), dtype=np.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,34 +106,22 @@ def _load_mono(path: str, sample_rate: int) -> np.ndarray:
 
 
 def _check_metrics(metrics: Sequence[str]) -> None:
+    from codec.metrics import OPTIONAL_PACKAGES, require
+
     for m in metrics:
         if m not in METRICS:
-            raise CodecError(f"unknown metric '{m}' (choose from {', '.join(METRICS)})")
-    if "pesq" in metrics:
-        try:
-            import pesq  # noqa: F401
-        except ImportError:
-            raise CodecError("PESQ needs the 'pesq' package: install codec[eval] (pip install 'codec[eval]')") from None
-    if "stoi" in metrics:
-        try:
-            import pystoi  # noqa: F401
-        except ImportError:
-            raise CodecError("STOI needs the 'pystoi' package: install codec[eval] (pip install 'codec[eval]')") from None
+            raise CodecError(f"unknown metric '{m}' (choose from {', '.join(METRICS)}).")
+        if m in OPTIONAL_PACKAGES:
+            require(m)
 
 
 def _score(ref: np.ndarray, est: np.ndarray, sr: int, metrics: Sequence[str]) -> Dict[str, float]:
     from codec import metrics as M
 
-    out: Dict[str, float] = {}
-    if "pesq" in metrics:
-        out["pesq"] = M.pesq_wb(ref, est, sr)
-    if "stoi" in metrics:
-        out["stoi"] = M.stoi(ref, est, sr)
-    if "mel" in metrics:
-        out["mel"] = M.multiscale_mel_distance(ref, est, sr)
-    if "sisdr" in metrics:
-        out["sisdr"] = M.si_sdr(ref, est)
-    return out
+    fns = {"pesq": lambda: M.pesq_wb(ref, est, sr), "stoi": lambda: M.stoi(ref, est, sr),
+           "mel": lambda: M.multiscale_mel_distance(ref, est, sr), "sisdr": lambda: M.si_sdr(ref, est),
+           "visqol": lambda: M.visqol_speech(ref, est, sr)}
+    return {m: fns[m]() for m in metrics}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,18 +134,18 @@ def _parse_int_list(s: Union[str, Sequence[int]]) -> List[int]:
         try:
             v = [int(x) for x in s.split(",") if x.strip()]
         except ValueError:
-            raise CodecError(f"--nq must be a comma-separated list of integers, got '{s}'") from None
+            raise CodecError(f"--nq must be a comma-separated list of integers, not '{s}'.") from None
     else:
         v = [int(x) for x in s]
     if not v or any(x < 1 for x in v):
-        raise CodecError("--nq values must be positive integers")
+        raise CodecError(f"--nq values must be positive integers, not '{s if isinstance(s, str) else list(s)}'.")
     return sorted(set(v))
 
 
 def evaluate(inputs: Union[str, Sequence[str]], model: Optional[object] = None,
              nqs: Union[str, Sequence[int]] = (1, 2, 4, 8, 16, 32), baselines: str = "",
              out_dir: Optional[str] = None, max_files: Optional[int] = None, device: Optional[str] = None,
-             sample_rate: Optional[int] = None, metrics: Sequence[str] = tuple(METRICS),
+             sample_rate: Optional[int] = None, metrics: Sequence[str] = DEFAULT_METRICS,
              n_spectrograms: int = 3, verbose: bool = True) -> Dict[str, object]:
     """Evaluate a codec model and/or classical baselines on reference audio.
 
@@ -182,7 +159,7 @@ def evaluate(inputs: Union[str, Sequence[str]], model: Optional[object] = None,
             :func:`codec.baselines.parse_baselines`); empty = none.
         out_dir: write ``results.json`` and PNG plots there.
         sample_rate: reference rate when no model is given (default 24000); otherwise the model's rate.
-        metrics: subset of ``("pesq", "stoi", "mel", "sisdr")``.
+        metrics: subset of :data:`METRICS` (``pesq stoi mel sisdr visqol``); default :data:`DEFAULT_METRICS`.
     Returns:
         ``{"files", "sample_rate", "systems": [{"name", "kind", "nq"|"codec"/"setting", "kbps",
         "nominal_kbps", "metrics": {key: {"mean", "ci95", "n"}}, "per_file": {key: [..]}}], "visqol", ...}``
@@ -197,7 +174,7 @@ def evaluate(inputs: Union[str, Sequence[str]], model: Optional[object] = None,
     _check_metrics(metrics)
     files = list_inputs(inputs, max_files)
     mdl = None
-    nq_list: List[int] = []
+    nq_list = _parse_int_list(nqs) if model is not None else []
     model_name = None
     if model is not None:
         if isinstance(model, (str, os.PathLike)):
@@ -209,11 +186,10 @@ def evaluate(inputs: Union[str, Sequence[str]], model: Optional[object] = None,
             mdl = model
             model_name = type(model).__name__
         mdl.eval()
-        nq_list = _parse_int_list(nqs)
         maxq = int(getattr(mdl, "num_quantizers"))
         bad = [q for q in nq_list if q > maxq]
         if bad:
-            raise CodecError(f"--nq {bad[0]} exceeds the model's {maxq} quantizers")
+            raise CodecError(f"--nq {bad[0]} exceeds the model's {maxq} quantizers.")
         sr = int(mdl.sample_rate)
     else:
         sr = int(sample_rate or 24000)
@@ -222,7 +198,7 @@ def evaluate(inputs: Union[str, Sequence[str]], model: Optional[object] = None,
     for c in sorted({c for c, _ in base_list}):
         BL.check_available(c)
     if mdl is None and not base_list:
-        raise CodecError("nothing to evaluate: give --model and/or --baseline")
+        raise CodecError("nothing to evaluate: give --model and/or --baseline.")
 
     systems: List[Dict[str, object]] = []
     for q, k in zip(nq_list, ours_kbps):
@@ -237,7 +213,7 @@ def evaluate(inputs: Union[str, Sequence[str]], model: Optional[object] = None,
     for fi, path in enumerate(files):
         ref = _load_mono(path, sr)
         if len(ref) < sr // 4:
-            raise CodecError(f"'{path}' is shorter than 0.25 s; too short to evaluate")
+            raise CodecError(f"'{path}' is shorter than 0.25 s, too short to evaluate.")
         durations.append(len(ref) / sr)
         outs: Dict[str, np.ndarray] = {}
         if mdl is not None:
@@ -282,7 +258,7 @@ def evaluate(inputs: Union[str, Sequence[str]], model: Optional[object] = None,
         "durations": durations,
         "metrics": metrics,
         "systems": systems,
-        "visqol": VISQOL_NOTE,
+        "visqol": VISQOL_ON if "visqol" in metrics else VISQOL_OFF,
         "confidence": 0.95,
         "wall_time_s": round(time.time() - t0, 2),
     }
@@ -318,12 +294,12 @@ def _fmt(mean: float, ci: float, digits: int) -> str:
 def format_table(result: Dict[str, object]) -> str:
     """Plain-text table: one row per system, mean ± 95 % CI half-width per metric."""
     metrics: List[str] = list(result["metrics"])  # type: ignore[arg-type]
-    digits = {"pesq": 2, "stoi": 3, "mel": 3, "sisdr": 2}
     head = f"{'system':18s} {'kbps':>7s} " + " ".join(f"{METRICS[m][0]:>14s}" for m in metrics)
     lines = [head, "-" * len(head)]
     for s in result["systems"]:  # type: ignore[union-attr]
         row = f"{s['name']:18s} {s['kbps']:7.2f} "
-        row += " ".join(f"{_fmt(s['metrics'][m]['mean'], s['metrics'][m]['ci95'], digits[m]):>14s}" for m in metrics)
+        row += " ".join(f"{_fmt(s['metrics'][m]['mean'], s['metrics'][m]['ci95'], METRICS[m][2]):>14s}"
+                        for m in metrics)
         lines.append(row)
     n = len(result["files"])  # type: ignore[arg-type]
     dur = sum(result["durations"])  # type: ignore[arg-type]
@@ -365,7 +341,7 @@ def _plots(result: Dict[str, object], examples: List[Dict[str, object]], out_dir
                                 xytext=(3, 3), textcoords="offset points")
         ax.set_xscale("log")
         ax.set_xlabel("bitrate (kbps)")
-        title, hib = METRICS[m]
+        title, hib, _ = METRICS[m]
         ax.set_title(f"{title} ({'higher' if hib else 'lower'} is better)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
@@ -422,7 +398,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "opus@6+12,amr-wb@6.6,codec2@3200+700C")
     parser.add_argument("--out", default=None, help="directory for results.json and PNG plots")
     parser.add_argument("--max-files", type=int, default=None, help="evaluate only the first N files")
-    parser.add_argument("--metrics", default=",".join(METRICS), help="subset of pesq,stoi,mel,sisdr")
+    parser.add_argument("--metrics", default=",".join(DEFAULT_METRICS),
+                        help=f"comma-separated subset of {','.join(METRICS)} (visqol is opt-in)")
     parser.add_argument("--sample-rate", type=int, default=None, help="reference rate without --model (24000)")
     parser.add_argument("--spectrograms", type=int, default=3, help="spectrogram PNGs for the first N files")
     parser.add_argument("--device", default=None, help="torch device for the model (default cpu)")

@@ -27,7 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="all (default), model (codec speed, streaming, memory) or rvq (quantizer only)")
     parser.add_argument("--model", default=None,
                         help="model directory or name (default: shipped speech-24k, else random weights of --preset)")
-    parser.add_argument("--preset", default="24khz", help="config preset used when no trained model exists (24khz)")
+    parser.add_argument("--preset", default=None,
+                        help="benchmark random weights of this config preset (24khz, 16khz, tiny) instead of a "
+                             "trained model; also the fallback (24khz) when no model is shipped")
     parser.add_argument("--seconds", type=float, default=10.0, help="audio length for speed runs (default 10)")
     parser.add_argument("--memory-seconds", default="10,60", metavar="A,B",
                         help="stream lengths (s) for the peak-memory check in a subprocess (default 10,60)")
@@ -73,15 +75,22 @@ def _get_model(args: argparse.Namespace):
 
     if args.model is not None:
         return resolve_model(args.model, args.device)
-    try:
-        return resolve_model(None, args.device)
-    except CodecError:
-        from . import CodecConfig, CodecModel
+    preset = args.preset
+    if preset is None:
+        try:
+            return resolve_model(None, args.device)
+        except CodecError:
+            preset = "24khz"
+    from . import CodecConfig, CodecModel
 
-        model = CodecModel(CodecConfig.preset(args.preset)).eval()
-        if args.device:
-            model = model.to(args.device)
-        return model, f"random weights, preset '{args.preset}'"
+    try:
+        cfg = CodecConfig.preset(preset)
+    except (KeyError, ValueError):
+        raise CodecError(f"unknown --preset '{preset}' (use 24khz, 16khz or tiny).") from None
+    model = CodecModel(cfg).eval()
+    if args.device:
+        model = model.to(args.device)
+    return model, f"random weights, preset '{preset}'"
 
 
 def collect(args: argparse.Namespace) -> Dict[str, Any]:

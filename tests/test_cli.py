@@ -234,3 +234,13 @@ def test_bench_rvq_json(tmp_path, capsys):
     assert "[rvq]" in out and "ours_fps" in out
     d = json.loads((tmp_path / "b.json").read_text())
     assert d["rvq"]["ours_fps"] > 0 and "machine" in d
+
+
+def test_bench_model_preset_random_weights(tmp_path, capsys):
+    """--preset benchmarks random weights of that preset even when a trained model is shipped."""
+    assert run("bench", "model", "--preset", "tiny", "--seconds", 1, "--memory-seconds", "1,2",
+               "--json", tmp_path / "b.json") == 0
+    d = json.loads((tmp_path / "b.json").read_text())
+    assert "random weights, preset 'tiny'" in json.dumps(d)
+    assert run("bench", "model", "--preset", "nope") == 2
+    assert capsys.readouterr().err.strip() == "codec: error: unknown --preset 'nope' (use 24khz, 16khz or tiny)."

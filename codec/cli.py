@@ -420,7 +420,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         lazy = cmd if cmd in ("bench", *_LAZY) else None
         parser = build_parser(lazy)
         try:
-            args = parser.parse_args(argv)
+            if cmd == "train":
+                from .train.cli import parse_args as parse_train_args
+
+                args = parse_train_args(parser, argv)
+            else:
+                args = parser.parse_args(argv)
         except SystemExit as exc:  # argparse: -h (0) or usage error (2)
             return int(exc.code) if isinstance(exc.code, int) else EXIT_USER_ERROR
         return int(args.func(args) or 0)

@@ -77,6 +77,9 @@ def save_pretrained(model, directory: PathLike) -> str:
     sd = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     tmp_w = d / (WEIGHTS_NAME + ".tmp")
     save_file(sd, str(tmp_w), metadata={"format": FORMAT})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_w, 0o666 & ~umask)  # the safetensors writer creates files readable by the owner only
     os.replace(tmp_w, d / WEIGHTS_NAME)
     tmp_c = d / (CONFIG_NAME + ".tmp")
     tmp_c.write_text(json.dumps(cfg, indent=2) + "\n")

@@ -241,6 +241,13 @@ def test_cli_errors_and_print_config(tmp_path, capsys):
     assert main(["train", str(REPO / "recipes" / "tiny-cpu.yaml"), "train.nope=1"]) == 2
     assert "unknown config key 'train.nope'" in capsys.readouterr().err
     assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+    # overrides may also follow options; other unknown tokens stay usage errors
+    assert main(["train", str(REPO / "recipes" / "tiny-cpu.yaml"), "--print-config", "train.steps=7",
+                 "data.batch_size=3"]) == 0
+    out = capsys.readouterr().out
+    assert "steps: 7" in out and "batch_size: 3" in out
+    assert main(["train", str(REPO / "recipes" / "tiny-cpu.yaml"), "--print-config", "--bogus"]) == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
 
 
 def test_generator_losses_do_not_leak_into_discriminator_grads(wavs, tmp_path):

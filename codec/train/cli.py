@@ -15,7 +15,7 @@ from typing import List, Optional, Sequence
 
 from codec.errors import CodecError
 
-__all__ = ["add_arguments", "run", "main"]
+__all__ = ["add_arguments", "run", "main", "parse_args"]
 
 EPILOG = """examples:
   codec train recipes/tiny-cpu.yaml                          # trains visibly in minutes on a CPU
@@ -85,12 +85,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """``parser.parse_args`` that also accepts ``section.key=value`` overrides after options
+    (``codec train R.yaml --out-dir X train.steps=10``); anything else unknown is a usage error."""
+    args, extra = parser.parse_known_args(list(argv))
+    bad = [e for e in extra if e.startswith("-") or "=" not in e]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    if extra:
+        args.overrides = list(getattr(args, "overrides", None) or []) + extra
+    return args
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m codec.train`` entry point; user errors print ``codec: error: ...`` and exit 2."""
     parser = argparse.ArgumentParser(prog="python -m codec.train", description="Train a codec model.")
     add_arguments(parser)
     try:
-        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+        args = parse_args(parser, list(sys.argv[1:] if argv is None else argv))
     except SystemExit as exc:
         return int(exc.code) if isinstance(exc.code, int) else 2
     try:

@@ -56,7 +56,7 @@ class ResidualUnit(nn.Module):
 
     def forward_exact(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv1.forward_exact(self.act1(x, channels_last=True))
-        return x + self.conv2.forward_exact(self.act2(h, channels_last=True))
+        return self.conv2.forward_exact(self.act2(h, channels_last=True)).add_(x)
 
 
 class EncoderBlock(nn.Module):

@@ -202,7 +202,7 @@ def evaluate(inputs: Union[str, Sequence[str]], model: Optional[object] = None,
 
     systems: List[Dict[str, object]] = []
     for q, k in zip(nq_list, ours_kbps):
-        systems.append({"name": f"codec nq={q}", "kind": "model", "nq": q, "nominal_kbps": k,
+        systems.append({"name": f"ours nq={q}", "kind": "model", "nq": q, "nominal_kbps": k,
                         "per_file": {m: [] for m in metrics + ["kbps"]}})
     for c, s in base_list:
         systems.append({"name": f"{c}@{s}", "kind": "baseline", "codec": c, "setting": s,
@@ -225,7 +225,7 @@ def evaluate(inputs: Union[str, Sequence[str]], model: Optional[object] = None,
                     y = y.reshape(-1)[: len(ref)].float().cpu().numpy()
                     if len(y) < len(ref):
                         y = np.concatenate([y, np.zeros(len(ref) - len(y), np.float32)])
-                    outs[f"codec nq={q}"] = y
+                    outs[f"ours nq={q}"] = y
         for sysd in systems:
             name = str(sysd["name"])
             if sysd["kind"] == "model":
@@ -308,6 +308,20 @@ def format_table(result: Dict[str, object]) -> str:
     return "\n".join(lines)
 
 
+def _spectrogram_panels(systems: Sequence[Dict[str, object]]) -> List[str]:
+    """System names shown under the reference: ours at the lowest, middle and highest nq, and the first
+    setting of each baseline codec."""
+    names = [str(s["name"]) for s in systems if s["kind"] == "model"]
+    if len(names) > 3:
+        names = [names[0], names[len(names) // 2], names[-1]]
+    seen = set()
+    for s in systems:
+        if s["kind"] == "baseline" and s["codec"] not in seen:
+            seen.add(s["codec"])
+            names.append(str(s["name"]))
+    return names
+
+
 def _plots(result: Dict[str, object], examples: List[Dict[str, object]], out_dir: str) -> List[str]:
     try:
         import matplotlib
@@ -323,7 +337,7 @@ def _plots(result: Dict[str, object], examples: List[Dict[str, object]], out_dir
     systems = result["systems"]  # type: ignore[assignment]
     groups: Dict[str, List[dict]] = {}
     for s in systems:  # type: ignore[union-attr]
-        key = "codec (ours)" if s["kind"] == "model" else str(s["codec"])
+        key = "ours" if s["kind"] == "model" else str(s["codec"])
         groups.setdefault(key, []).append(s)
     ncol = 2 if len(metrics) > 1 else 1
     nrow = int(math.ceil(len(metrics) / ncol))
@@ -335,7 +349,7 @@ def _plots(result: Dict[str, object], examples: List[Dict[str, object]], out_dir
             y = [s["metrics"][m]["mean"] for s in ss]
             e = [s["metrics"][m]["ci95"] if math.isfinite(s["metrics"][m]["ci95"]) else 0.0 for s in ss]
             ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=g)
-            if g == "codec (ours)":
+            if g == "ours":
                 for s in ss:
                     ax.annotate(f"nq={s['nq']}", (s["kbps"], s["metrics"][m]["mean"]), fontsize=7,
                                 xytext=(3, 3), textcoords="offset points")
@@ -356,15 +370,7 @@ def _plots(result: Dict[str, object], examples: List[Dict[str, object]], out_dir
     sr = int(result["sample_rate"])  # type: ignore[arg-type]
     for k, ex in enumerate(examples):
         outs: Dict[str, np.ndarray] = ex["outs"]  # type: ignore[assignment]
-        names = [n for n in outs if n.startswith("codec")]
-        if len(names) > 3:
-            names = [names[0], names[len(names) // 2], names[-1]]
-        seen = set()
-        for s in systems:  # type: ignore[union-attr]
-            if s["kind"] == "baseline" and s["codec"] not in seen:
-                seen.add(s["codec"])
-                names.append(str(s["name"]))
-        rows = [("reference", ex["ref"])] + [(n, outs[n]) for n in names]
+        rows = [("reference", ex["ref"])] + [(n, outs[n]) for n in _spectrogram_panels(systems)]
         fig, axes = plt.subplots(len(rows), 1, figsize=(8, 1.8 * len(rows)), squeeze=False)
         for ax, (n, sig) in zip(axes[:, 0], rows):
             t = torch.as_tensor(np.asarray(sig, dtype=np.float32))

@@ -88,7 +88,7 @@ def test_cli_eval_end_to_end(clips, model_dir, tmp_path, capsys):
                                  "--out", out, "--spectrograms", "1")
     assert code == 0, err
     rows = {line.split("  ")[0].strip(): line for line in stdout.splitlines()}
-    assert {"codec nq=1", "codec nq=2", "opus@6", "opus@12"} <= set(rows)
+    assert {"ours nq=1", "ours nq=2", "opus@6", "opus@12"} <= set(rows)
     assert "± = 95 % t-interval over files" in stdout and "2 files" in stdout
     assert "[eval] 2/2 c.flac" in err
 
@@ -98,9 +98,9 @@ def test_cli_eval_end_to_end(clips, model_dir, tmp_path, capsys):
     assert res["files"] == [str(clips / "a.wav"), str(clips / "b" / "c.flac")]
     assert [round(d, 2) for d in res["durations"]] == [1.2, 1.0]
     systems = {s["name"]: s for s in res["systems"]}
-    assert [s["name"] for s in res["systems"]] == ["codec nq=1", "codec nq=2", "opus@6", "opus@12"]
+    assert [s["name"] for s in res["systems"]] == ["ours nq=1", "ours nq=2", "opus@6", "opus@12"]
     for q in (1, 2):
-        s = systems[f"codec nq={q}"]
+        s = systems[f"ours nq={q}"]
         assert s["kind"] == "model" and s["nq"] == q
         assert s["kbps"] == pytest.approx(0.4 * q)  # tiny preset: 50 frames/s x 8 bits per level
         for m in res["metrics"]:
@@ -114,8 +114,8 @@ def test_cli_eval_end_to_end(clips, model_dir, tmp_path, capsys):
     assert 8 < opus12["kbps"] < 16
     assert opus12["metrics"]["pesq"]["mean"] > 2.5 and opus12["metrics"]["stoi"]["mean"] > 0.9
     # a random model is far worse than Opus at 12 kbps
-    assert systems["codec nq=2"]["metrics"]["stoi"]["mean"] < opus12["metrics"]["stoi"]["mean"]
-    assert systems["codec nq=2"]["metrics"]["mel"]["mean"] > opus12["metrics"]["mel"]["mean"]
+    assert systems["ours nq=2"]["metrics"]["stoi"]["mean"] < opus12["metrics"]["stoi"]["mean"]
+    assert systems["ours nq=2"]["metrics"]["mel"]["mean"] > opus12["metrics"]["mel"]["mean"]
 
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert pngs == ["metrics_vs_kbps.png", "spectrogram_0.png"]
@@ -139,6 +139,13 @@ def test_evaluate_baselines_only_without_model(clips):
     assert res["systems"][1]["metrics"]["mel"]["n"] == 1 and math.isnan(res["systems"][1]["metrics"]["mel"]["ci95"])
     table = E.format_table(res)
     assert "codec2@3200" in table and "SI-SDR" in table and "PESQ-WB" not in table
+
+
+def test_spectrogram_panels_pick_ours_by_kind_not_name():
+    systems = [{"name": f"ours nq={q}", "kind": "model"} for q in (1, 2, 4, 8, 16, 32)]
+    systems += [{"name": f"{c}@{s}", "kind": "baseline", "codec": c}
+                for c, s in [("codec2", "3200"), ("codec2", "700C"), ("opus", "6"), ("opus", "12")]]
+    assert E._spectrogram_panels(systems) == ["ours nq=1", "ours nq=8", "ours nq=32", "codec2@3200", "opus@6"]
 
 
 # ------------------------------------------------------------------------------------------ user errors

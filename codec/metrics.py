@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import importlib
 import math
+import types
 import warnings
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -160,10 +161,9 @@ def log_mel_spectrogram(x: ArrayLike, sample_rate: int, win_length: int = 1024, 
     Returns:
         ``[n_mels, frames]`` (``[B, n_mels, frames]`` for a batch) float32 tensor ``log10(max(mel, eps))``.
     """
-    sig = torch.as_tensor(np.asarray(x, dtype=np.float32) if not isinstance(x, torch.Tensor) else x,
-                          dtype=torch.float32)
-    if sig.dim() != 2:
-        sig = torch.as_tensor(_as_1d(x), dtype=torch.float32)
+    sig = x.detach().float().cpu() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x, np.float32))
+    if sig.dim() != 2:  # anything but a batch [B, T]: squeeze to one signal [T]
+        sig = torch.from_numpy(_as_1d(x).astype(np.float32))
     hop = hop_length or max(1, win_length // 4)
     if sig.shape[-1] < win_length:
         sig = torch.nn.functional.pad(sig, (0, win_length - sig.shape[-1]))
@@ -208,7 +208,7 @@ _EXTRA = {"pesq": "codec[eval]", "stoi": "codec[eval]", "visqol": "visqol-python
 _TITLE = {"pesq": "PESQ", "stoi": "STOI", "visqol": "ViSQOL"}
 
 
-def require(metric: str):
+def require(metric: str) -> types.ModuleType:
     """Import and return the optional package behind ``metric`` (``"pesq"``, ``"stoi"`` or ``"visqol"``).
 
     Raises:

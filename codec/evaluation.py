@@ -397,6 +397,11 @@ def _plots(result: Dict[str, object], examples: List[Dict[str, object]], out_dir
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``codec eval``."""
+    parser.epilog = (
+        "examples:\n"
+        "  codec eval refs/ --model speech-24k --nq 1,2,4,8,16,32 --baseline opus,amr-wb,codec2 --out eval-out\n"
+        "  codec eval valid.jsonl --model runs/x/export --nq 8 --baseline opus@6+12 --max-files 10\n"
+        "  codec eval refs/ --baseline codec2@3200+700C --sample-rate 16000 --metrics pesq,stoi\n")
     parser.add_argument("input", help="reference audio: a directory, a .jsonl manifest (path field) or a file")
     parser.add_argument("--model", default=None, help="model directory or pretrained name (omit: baselines only)")
     parser.add_argument("--nq", default="1,2,4,8,16,32", help="comma-separated numbers of quantizers")

@@ -148,6 +148,14 @@ def test_spectrogram_panels_pick_ours_by_kind_not_name():
     assert E._spectrogram_panels(systems) == ["ours nq=1", "ours nq=8", "ours nq=32", "codec2@3200", "opus@6"]
 
 
+def test_cli_help_lists_flags_and_examples(capsys):
+    assert main(["eval", "-h"]) == 0
+    out = capsys.readouterr().out
+    for flag in ("--model", "--nq", "--baseline", "--out", "--max-files", "--metrics", "--spectrograms"):
+        assert flag in out
+    assert "examples:\n  codec eval refs/ --model speech-24k" in out
+
+
 # ------------------------------------------------------------------------------------------ user errors
 
 

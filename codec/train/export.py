@@ -48,7 +48,8 @@ def model_card(state: Dict[str, Any], name: str) -> str:
             lines.append(f"- {k}: {mc[k]}")
     lines += ["", "## Training", "",
               f"- steps: {state.get('step')}",
-              f"- wall-clock training time: {float(state.get('elapsed', 0.0)) / 3600:.2f} h",
+              f"- training time (wall clock of the training steps, validation excluded): "
+              f"{float(state.get('elapsed', 0.0)) / 3600:.2f} h",
               f"- audio seen: {float(state.get('audio_seconds', 0.0)) / 3600:.2f} h",
               f"- training data: {data.get('train')} ({float(state.get('train_hours', 0.0)):.2f} h in the manifest)",
               f"- validation data: {data.get('valid')}",
@@ -58,9 +59,10 @@ def model_card(state: Dict[str, Any], name: str) -> str:
               f" ({'on' if cfg.get('adversarial', {}).get('enabled') else 'off'})",
               f"- weights: {'EMA' if state.get('ema') is not None else 'raw'}",
               "", "## Validation metrics (best checkpoint)", ""]
-    if metrics:
+    shown = {k: v for k, v in metrics.items() if not k.startswith(("codebook_usage/level", "codebook_perplexity/level"))}
+    if shown:
         lines += ["| metric | value |", "|---|---|"]
-        for k, v in sorted(metrics.items()):
+        for k, v in sorted(shown.items()):
             lines.append(f"| {k} | {v:.3f} |")
     else:
         lines.append("No validation was run.")

@@ -81,3 +81,12 @@ def test_discriminators_shapes_and_grad():
     assert all(lg.shape[0] == 2 for lg in logits)
     sum(lg.mean() for lg in logits).backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_mpd_max_channels_caps_the_widest_layer():
+    wide = Discriminators(periods=(2,), mpd_channels=4, stft_windows=())
+    narrow = Discriminators(periods=(2,), mpd_channels=4, stft_windows=(), mpd_max_channels=16)
+    widths = lambda d: [m.out_channels for m in d.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert max(widths(wide)) == 128 and max(widths(narrow)) == 16
+    logits, _ = narrow(torch.randn(1, 1, 2000))
+    assert logits[0].shape[0] == 1

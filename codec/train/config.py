@@ -61,6 +61,7 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
     "discriminator": {
         "periods": [2, 3, 5, 7, 11],  # multi-period discriminator (empty = off)
         "mpd_channels": 32,
+        "mpd_max_channels": 0,       # widest MPD layer (0 = min(1024, 32 * mpd_channels))
         "stft_windows": [2048, 1024, 512],  # multi-scale STFT discriminator (empty = off)
         "stft_channels": 32,
     },

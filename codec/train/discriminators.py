@@ -84,9 +84,9 @@ class PeriodDiscriminator(nn.Module):
 class MultiPeriodDiscriminator(_DiscriminatorGroup):
     """HiFi-GAN multi-period discriminator over ``periods``."""
 
-    def __init__(self, periods: Sequence[int] = (2, 3, 5, 7, 11), channels: int = 32):
+    def __init__(self, periods: Sequence[int] = (2, 3, 5, 7, 11), channels: int = 32, max_channels: int = 0):
         super().__init__()
-        self.discs = nn.ModuleList([PeriodDiscriminator(p, channels) for p in periods])
+        self.discs = nn.ModuleList([PeriodDiscriminator(p, channels, max_channels) for p in periods])
 
 
 class STFTDiscriminator(nn.Module):
@@ -130,9 +130,10 @@ class Discriminators(nn.Module):
     """MPD + MS-STFT discriminators. ``forward(x [B, 1, T]) -> (logits list, features list of lists)``."""
 
     def __init__(self, periods: Sequence[int] = (2, 3, 5, 7, 11), mpd_channels: int = 32,
-                 stft_windows: Sequence[int] = (2048, 1024, 512), stft_channels: int = 32):
+                 stft_windows: Sequence[int] = (2048, 1024, 512), stft_channels: int = 32,
+                 mpd_max_channels: int = 0):
         super().__init__()
-        self.mpd = MultiPeriodDiscriminator(periods, mpd_channels) if periods else None
+        self.mpd = MultiPeriodDiscriminator(periods, mpd_channels, mpd_max_channels) if periods else None
         self.msstft = MultiScaleSTFTDiscriminator(stft_windows, stft_channels) if stft_windows else None
 
     def forward(self, x: Tensor) -> Tuple[List[Tensor], List[List[Tensor]]]:

@@ -4,7 +4,8 @@ peak memory on this machine, printed as a table and optionally written as JSON (
 The measurements themselves live with their owners: ``codec.model_benchmark.benchmark_model`` /
 ``benchmark_streaming`` / ``peak_memory_streaming`` (model) and ``codec.quantization.benchmark.bench_rvq``
 (quantizer).  This module picks the model, calls them with the arguments they accept, and formats results.
-``codec bench rvq`` runs the quantizer part only.
+``codec bench rvq`` runs the quantizer part only; ``codec bench encodec`` times the model beside EnCodec 24 kHz
+(``benchmark_encodec``: random weights built by the ``encodec`` package, nothing downloaded).
 """
 from __future__ import annotations
 
@@ -23,8 +24,10 @@ __all__ = ["add_arguments", "run", "collect", "format_tables", "call_with_accept
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``codec bench``."""
-    parser.add_argument("what", nargs="?", choices=("all", "model", "rvq"), default="all",
-                        help="all (default), model (codec speed, streaming, memory) or rvq (quantizer only)")
+    parser.add_argument("what", nargs="?", choices=("all", "model", "rvq", "encodec"), default="all",
+                        help="all (default), model (codec speed, streaming, memory), rvq (quantizer only) or "
+                             "encodec (offline speed beside EnCodec 24 kHz's, timed the same way; needs the "
+                             "'encodec' package)")
     parser.add_argument("--model", default=None,
                         help="model directory or name (default: shipped speech-24k, else random weights of --preset)")
     parser.add_argument("--preset", default=None,
@@ -129,6 +132,16 @@ def collect(args: argparse.Namespace) -> Dict[str, Any]:
             if not isinstance(out[key], dict):
                 out[key] = {"result": out[key]}
             out[key].setdefault("wall_seconds", round(time.perf_counter() - t0, 3))
+    if args.what == "encodec":
+        from . import model_benchmark as mb
+
+        model, name = _get_model(args)
+        nq = args.nq or min(8, int(model.num_quantizers))
+        ref = _plain(mb.benchmark_encodec(seconds=args.seconds, nq=nq))
+        ours = _plain(mb.benchmark_model(model, seconds=args.seconds, nq=nq, device=args.device))
+        out["model"] = {"name": name, "nq": nq, "kbps": float(model.bitrate(nq)) / 1000.0}
+        out["offline"], out["encodec"] = ours, ref
+        out["speedup_vs_encodec"] = {k: ours[f"{k}_x_realtime"] / ref[f"{k}_x_realtime"] for k in ("encode", "decode")}
     if args.what in ("all", "rvq"):
         try:
             from .quantization.benchmark import bench_rvq

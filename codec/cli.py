@@ -58,7 +58,8 @@ are refused; clipped or louder-than-full-scale input gives a warning and is enco
     "bench": """examples:
   codec bench                      # model + streaming + quantizer, table on stdout
   codec bench --json bench.json    # also write JSON
-  codec bench rvq                  # quantizer only""",
+  codec bench rvq                  # quantizer only
+  codec bench encodec --preset 24khz --nq 32   # speed beside EnCodec 24 kHz (pip install encodec)""",
 }
 
 

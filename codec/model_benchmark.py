@@ -55,6 +55,89 @@ def benchmark_model(model, seconds: float = 10.0, nq: int = 8, threads: int = 2,
         torch.set_num_threads(old)
 
 
+def load_encodec_reference(nq: int = 8):
+    """EnCodec 24 kHz (the ``encodec`` package: causal, weight norm, ``nq`` levels = ``0.75 * nq`` kbps) with
+    random weights, built locally (nothing is downloaded): the speed reference of ``codec bench encodec``.
+
+    Returns ``(model, sample_rate)``; ``model.encode(x [B, 1, T])`` / ``model.decode(frames)`` are EnCodec's own."""
+    from .errors import CodecError
+
+    try:
+        from encodec.model import EncodecModel
+    except ImportError as exc:
+        raise CodecError(f"codec bench encodec needs the 'encodec' package and torchaudio "
+                         f"(pip install encodec torchaudio==2.11.0): {exc}.") from None
+    kbps = 0.75 * int(nq)
+    model = EncodecModel._get_model([kbps], 24000, 1, causal=True, model_norm="weight_norm",
+                                    audio_normalize=False, segment=None, name="encodec_24khz_random")
+    model.set_target_bandwidth(kbps)
+    return model.eval(), 24000
+
+
+def benchmark_encodec(seconds: float = 10.0, nq: int = 8, threads: int = 2, repeats: int = 3,
+                      **_: Any) -> Dict[str, Any]:
+    """EnCodec 24 kHz offline encode / decode speed, timed exactly like :func:`benchmark_model` (best of
+    ``repeats`` on the same noise-like input) so that the two figures compare like with like.
+
+    Returns ``{"seconds", "nq", "threads", "encode_x_realtime", "decode_x_realtime", "encode_s", "decode_s",
+    "params", "macs_per_frame"}`` (MACs counted from the convolution and LSTM shapes)."""
+    model, sr = load_encodec_reference(nq)
+    old = _threads(threads)
+    try:
+        g = torch.Generator().manual_seed(0)
+        x = 0.1 * torch.randn(1, 1, int(seconds * sr), generator=g)
+        with torch.inference_mode():
+            model.decode(model.encode(x[..., :sr]))  # warm-up
+            te, td = [], []
+            for _ in range(max(1, repeats)):
+                t = time.perf_counter()
+                frames = model.encode(x)
+                te.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                model.decode(frames)
+                td.append(time.perf_counter() - t)
+            levels = int(frames[0][0].shape[1])
+        e, d = min(te), min(td)
+        return {"seconds": float(seconds), "nq": levels, "threads": torch.get_num_threads(),
+                "encode_x_realtime": seconds / e, "decode_x_realtime": seconds / d, "encode_s": e, "decode_s": d,
+                "params": sum(p.numel() for p in model.parameters()),
+                "macs_per_frame": _macs_per_frame(model, sr)}
+    finally:
+        torch.set_num_threads(old)
+
+
+def _macs_per_frame(model: torch.nn.Module, sample_rate: int) -> Dict[str, float]:
+    """Multiply-accumulates per frame of ``model.encoder`` and ``model.decoder`` (Conv1d, ConvTranspose1d and
+    LSTM layers), counted with forward hooks on one second of silence."""
+    counts = {"encoder": 0, "decoder": 0}
+    hooks = []
+
+    def hook(part: str):
+        def count(mod, inp, out):
+            if isinstance(mod, torch.nn.Conv1d):
+                counts[part] += out.shape[-1] * mod.out_channels * mod.in_channels // mod.groups * mod.kernel_size[0]
+            elif isinstance(mod, torch.nn.ConvTranspose1d):
+                counts[part] += inp[0].shape[-1] * mod.out_channels * mod.in_channels // mod.groups * mod.kernel_size[0]
+            elif isinstance(mod, torch.nn.LSTM):
+                steps = inp[0].shape[1 if mod.batch_first else 0]
+                counts[part] += steps * mod.num_layers * 4 * mod.hidden_size * (mod.hidden_size + mod.input_size)
+        return count
+
+    for part in counts:
+        for mod in getattr(model, part).modules():
+            if isinstance(mod, (torch.nn.Conv1d, torch.nn.ConvTranspose1d, torch.nn.LSTM)):
+                hooks.append(mod.register_forward_hook(hook(part)))
+    try:
+        with torch.inference_mode():
+            latent = model.encoder(torch.zeros(1, 1, sample_rate))
+            model.decoder(latent)
+    finally:
+        for h in hooks:
+            h.remove()
+    frames = latent.shape[-1]
+    return {part: n / frames for part, n in counts.items()}
+
+
 def benchmark_streaming(model, chunk_ms: Optional[float] = None, seconds: float = 5.0, nq: int = 8,
                         threads: int = 2, batch_size: int = 1, **_: Any) -> Dict[str, Any]:
     """Streaming per-chunk wall time (encoder feed and decoder feed), default chunk = one frame.

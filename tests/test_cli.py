@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from codec.cli import main
 from codec.codes_format import read_codes, read_header
@@ -244,3 +245,58 @@ def test_bench_model_preset_random_weights(tmp_path, capsys):
     assert "random weights, preset 'tiny'" in json.dumps(d)
     assert run("bench", "model", "--preset", "nope") == 2
     assert capsys.readouterr().err.strip() == "codec: error: unknown --preset 'nope' (use 24khz, 16khz or tiny)."
+
+
+class _FakeEncodec(torch.nn.Module):
+    """Stands in for ``encodec.model.EncodecModel`` (same encode/decode/encoder/decoder surface)."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = torch.nn.Sequential(torch.nn.Conv1d(1, 4, 7, padding=3), torch.nn.Conv1d(4, 8, 320, 320))
+        self.decoder = torch.nn.ConvTranspose1d(8, 1, 320, 320)
+        self.bandwidth = None
+
+    @classmethod
+    def _get_model(cls, target_bandwidths, sample_rate, channels, **kw):
+        assert sample_rate == 24000 and channels == 1 and kw["causal"]
+        return cls()
+
+    def set_target_bandwidth(self, kbps):
+        self.bandwidth = kbps
+
+    def encode(self, x):
+        z = self.encoder(x)
+        return [(torch.zeros(1, round(self.bandwidth / 0.75), z.shape[-1], dtype=torch.long), None)]
+
+    def decode(self, frames):
+        return self.decoder(torch.zeros(1, 8, frames[0][0].shape[-1]))
+
+
+def test_bench_encodec_times_both_and_counts_macs(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    fake = types.ModuleType("encodec.model")
+    fake.EncodecModel = _FakeEncodec
+    monkeypatch.setitem(sys.modules, "encodec", types.ModuleType("encodec"))
+    monkeypatch.setitem(sys.modules, "encodec.model", fake)
+    assert run("bench", "encodec", "--preset", "tiny", "--nq", 4, "--seconds", 1, "-q",
+               "--json", tmp_path / "b.json") == 0
+    d = json.loads((tmp_path / "b.json").read_text())
+    assert d["encodec"]["nq"] == 4 and d["encodec"]["params"] == sum(p.numel() for p in _FakeEncodec().parameters())
+    # per 320-sample frame: conv 1->4 k7 at 320 positions + conv 4->8 k320 once; transposed conv 8->1 k320 once
+    assert d["encodec"]["macs_per_frame"] == {"encoder": 320 * 4 * 7 + 8 * 4 * 320, "decoder": 8 * 320}
+    for k in ("encode", "decode"):
+        ratio = d["offline"][f"{k}_x_realtime"] / d["encodec"][f"{k}_x_realtime"]
+        assert d["speedup_vs_encodec"][k] == pytest.approx(ratio)
+
+
+def test_bench_encodec_without_the_package(monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "encodec", None)
+    monkeypatch.setitem(sys.modules, "encodec.model", None)
+    assert run("bench", "encodec", "--preset", "tiny", "--seconds", 1) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("codec: error: codec bench encodec needs the 'encodec' package and torchaudio "
+                          "(pip install encodec torchaudio==2.11.0)")

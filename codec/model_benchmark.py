@@ -22,6 +22,22 @@ def _threads(threads: Optional[int]):
     return old
 
 
+def _time_round_trip(encode, decode, x: torch.Tensor, sample_rate: int, repeats: int):
+    """Best-of-``repeats`` wall seconds of ``encode(x)`` and of ``decode(codes)`` under inference mode, after a
+    one-second warm-up (weight-folding caches).  Returns ``(encode_s, decode_s, codes)``."""
+    with torch.inference_mode():
+        decode(encode(x[..., : min(x.shape[-1], sample_rate)]))
+        te, td = [], []
+        for _ in range(max(1, repeats)):
+            t = time.perf_counter()
+            codes = encode(x)
+            te.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            decode(codes)
+            td.append(time.perf_counter() - t)
+    return min(te), min(td), codes
+
+
 def benchmark_model(model, seconds: float = 10.0, nq: int = 8, threads: int = 2, repeats: int = 3,
                     device: Optional[str] = None, **_: Any) -> Dict[str, Any]:
     """Offline encode / decode speed on ``seconds`` of noise-like audio (best of ``repeats``).
@@ -36,17 +52,7 @@ def benchmark_model(model, seconds: float = 10.0, nq: int = 8, threads: int = 2,
         nq = min(int(nq), model.num_quantizers)
         g = torch.Generator().manual_seed(0)
         x = (0.1 * torch.randn(1, 1, int(seconds * sr), generator=g)).to(dev)
-        with torch.inference_mode():
-            model.encode(x[..., : min(x.shape[-1], sr)], nq=nq)  # warm-up (weight folding caches)
-            te, td = [], []
-            for _ in range(max(1, repeats)):
-                t = time.perf_counter()
-                codes = model.encode(x, nq=nq)
-                te.append(time.perf_counter() - t)
-                t = time.perf_counter()
-                model.decode(codes)
-                td.append(time.perf_counter() - t)
-        e, d = min(te), min(td)
+        e, d, _ = _time_round_trip(lambda a: model.encode(a, nq=nq), model.decode, x, sr, repeats)
         return {"seconds": float(seconds), "nq": nq, "threads": torch.get_num_threads(),
                 "encode_x_realtime": seconds / e, "decode_x_realtime": seconds / d,
                 "encode_s": e, "decode_s": d, "params": model.num_parameters(),
@@ -86,18 +92,8 @@ def benchmark_encodec(seconds: float = 10.0, nq: int = 8, threads: int = 2, repe
     try:
         g = torch.Generator().manual_seed(0)
         x = 0.1 * torch.randn(1, 1, int(seconds * sr), generator=g)
-        with torch.inference_mode():
-            model.decode(model.encode(x[..., :sr]))  # warm-up
-            te, td = [], []
-            for _ in range(max(1, repeats)):
-                t = time.perf_counter()
-                frames = model.encode(x)
-                te.append(time.perf_counter() - t)
-                t = time.perf_counter()
-                model.decode(frames)
-                td.append(time.perf_counter() - t)
-            levels = int(frames[0][0].shape[1])
-        e, d = min(te), min(td)
+        e, d, frames = _time_round_trip(model.encode, model.decode, x, sr, repeats)
+        levels = int(frames[0][0].shape[1])
         return {"seconds": float(seconds), "nq": levels, "threads": torch.get_num_threads(),
                 "encode_x_realtime": seconds / e, "decode_x_realtime": seconds / d, "encode_s": e, "decode_s": d,
                 "params": sum(p.numel() for p in model.parameters()),

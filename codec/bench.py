@@ -105,7 +105,7 @@ def collect(args: argparse.Namespace) -> Dict[str, Any]:
                     "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "device": args.device or "cpu"},
     }
-    if args.what in ("all", "model"):
+    if args.what in ("all", "model", "encodec"):
         try:
             from . import model_benchmark as mb
         except ImportError as exc:
@@ -114,6 +114,7 @@ def collect(args: argparse.Namespace) -> Dict[str, Any]:
         nq = args.nq or min(8, int(model.num_quantizers))
         out["model"] = {"name": name, "sample_rate": int(model.sample_rate), "nq": nq,
                         "kbps": float(model.bitrate(nq)) / 1000.0}
+    if args.what in ("all", "model"):
         try:
             mem_list = tuple(float(v) for v in str(args.memory_seconds).split(",") if v.strip())
         except ValueError:
@@ -133,13 +134,8 @@ def collect(args: argparse.Namespace) -> Dict[str, Any]:
                 out[key] = {"result": out[key]}
             out[key].setdefault("wall_seconds", round(time.perf_counter() - t0, 3))
     if args.what == "encodec":
-        from . import model_benchmark as mb
-
-        model, name = _get_model(args)
-        nq = args.nq or min(8, int(model.num_quantizers))
         ref = _plain(mb.benchmark_encodec(seconds=args.seconds, nq=nq))
         ours = _plain(mb.benchmark_model(model, seconds=args.seconds, nq=nq, device=args.device))
-        out["model"] = {"name": name, "nq": nq, "kbps": float(model.bitrate(nq)) / 1000.0}
         out["offline"], out["encodec"] = ours, ref
         out["speedup_vs_encodec"] = {k: ours[f"{k}_x_realtime"] / ref[f"{k}_x_realtime"] for k in ("encode", "decode")}
     if args.what in ("all", "rvq"):

@@ -301,7 +301,7 @@ class Trainer:
         dc = cfg["discriminator"]
         self.adv_enabled = bool(cfg["adversarial"]["enabled"]) and (bool(dc["periods"]) or bool(dc["stft_windows"]))
         self.disc = Discriminators(dc["periods"], int(dc["mpd_channels"]), dc["stft_windows"],
-                                   int(dc["stft_channels"]), int(dc.get("mpd_max_channels") or 0)
+                                   int(dc["stft_channels"]), int(dc["mpd_max_channels"])
                                    ).to(self.device) if self.adv_enabled else None
         if cfg["model"].get("init_from") and self.disc is not None and cfg["model"].get("init_discriminators", True):
             self._init_disc_from(cfg["model"]["init_from"])

@@ -35,6 +35,11 @@ class CodecConfig:
     ``rvq_dim`` (0 = latent_dim), ``quantizer_dropout`` (fraction of training items using a random number of
     levels), ``use_ema``, ``decay``, ``kmeans_init``, ``threshold_ema_dead_code``, ``commitment_weight``,
     ``codebook_weight``.
+    Frame-rate (Fourier) layers, :mod:`codec.nn.fourier`: ``encoder_type`` / ``decoder_type`` (``"seanet"``, the
+    time-domain conv stack, or ``"fourier"``: causal STFT front end / inverse-STFT head around causal ConvNeXt
+    blocks at the frame rate), ``n_fft`` (STFT window; the Fourier decoder adds ``n_fft - hop`` samples of
+    latency), ``fourier_dim`` (block width), ``fourier_mlp`` (hidden = ``fourier_mlp * fourier_dim``),
+    ``fourier_kernel`` (depthwise kernel, frames), ``encoder_layers`` / ``decoder_layers`` (blocks).
     """
 
     sample_rate: int = 24000
@@ -60,6 +65,14 @@ class CodecConfig:
     threshold_ema_dead_code: float = 2.0
     commitment_weight: float = 0.25
     codebook_weight: float = 1.0
+    encoder_type: str = "seanet"
+    decoder_type: str = "seanet"
+    n_fft: int = 960
+    fourier_dim: int = 256
+    fourier_mlp: int = 3
+    fourier_kernel: int = 7
+    encoder_layers: int = 6
+    decoder_layers: int = 8
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "strides", tuple(int(s) for s in self.strides))
@@ -83,9 +96,14 @@ class CodecConfig:
         return self.frame_rate * nq * math.log2(self.codebook_size)
 
     @property
+    def decoder_delay(self) -> int:
+        """Samples of latency the decoder adds (``n_fft - hop`` for the Fourier decoder's overlap-add, else 0)."""
+        return self.n_fft - self.hop_length if self.decoder_type == "fourier" else 0
+
+    @property
     def latency_ms(self) -> float:
-        """Algorithmic latency (one frame) in milliseconds."""
-        return 1000.0 * self.hop_length / self.sample_rate
+        """Algorithmic latency in milliseconds: one frame, plus the Fourier decoder's overlap-add delay."""
+        return 1000.0 * (self.hop_length + self.decoder_delay) / self.sample_rate
 
     def validate(self) -> None:
         """Raise ValueError with one sentence if a value is out of range."""
@@ -107,6 +125,13 @@ class CodecConfig:
             "quantizer sizes must be positive")
         req(self.rvq_dim >= 0, "rvq_dim must be >= 0")
         req(0.0 <= self.quantizer_dropout <= 1.0, "quantizer_dropout must be in [0, 1]")
+        req(self.encoder_type in ("seanet", "fourier") and self.decoder_type in ("seanet", "fourier"),
+            "encoder_type and decoder_type must be 'seanet' or 'fourier'")
+        req(self.n_fft >= self.hop_length and self.n_fft % self.hop_length == 0
+            and (self.decoder_type != "fourier" or self.n_fft >= 3 * self.hop_length),
+            "n_fft must be a multiple of the hop length (at least 3 hops for the Fourier decoder)")
+        req(self.fourier_dim >= 1 and self.fourier_mlp >= 1 and self.fourier_kernel >= 1
+            and self.encoder_layers >= 0 and self.decoder_layers >= 0, "Fourier layer sizes must be positive")
 
     # ------------------------------------------------------------------ io
     def to_dict(self) -> Dict[str, Any]:
@@ -152,6 +177,7 @@ class CodecConfig:
 PRESETS: Dict[str, Dict[str, Any]] = {
     "24khz": {},
     "16khz": {"sample_rate": 16000},
+    "24khz-fourier": {"encoder_type": "fourier", "decoder_type": "fourier", "latent_dim": 128, "rvq_dim": 0},
     "tiny": {"sample_rate": 16000, "base_channels": 8, "max_channels": 128, "latent_dim": 32, "dilations": [1, 3, 9],
              "num_quantizers": 8, "codebook_size": 256, "codebook_dim": 8},
 }

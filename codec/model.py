@@ -28,6 +28,7 @@ from torch import nn
 from .config import CodecConfig
 from .nn import StreamingConv1d, StreamingConvTranspose1d, make_activation
 from .nn import streaming as st
+from .nn.fourier import FourierDecoder, FourierEncoder
 
 QBLOCK = 64  # frames per quantizer call in the exact path (fixed shape)
 BLOCK_FRAMES_PER_GEMM = 4  # exact-path GEMM block = this many frames of rows (rounded up to 64 rows)
@@ -146,11 +147,20 @@ class Decoder(nn.Module):
         self.act_out = make_activation(cfg.activation, ch[0], exact=False)
         self.conv_out = StreamingConv1d(ch[0], cfg.channels, cfg.last_kernel_size)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    #: samples of latency added by the decoder (none: transposed convs emit final samples)
+    delay = 0
+
+    def forward(self, z: torch.Tensor, frame_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """z [B, latent_dim, F] -> audio [B, 1, F * hop] (``frame_mask`` is not needed: the model zeroes the
+        samples of masked frames)."""
         x = self.conv_in(z)
         for b in self.blocks:
             x = b(x)
         return self.conv_out(self.act_out(x))
+
+    def flush(self) -> Optional[torch.Tensor]:
+        """Streaming: nothing is pending beyond the emitted samples."""
+        return None
 
 
 @dataclass
@@ -185,14 +195,14 @@ class CodecModel(nn.Module):
 
         self.config = config or CodecConfig()
         c = self.config
-        self.encoder = Encoder(c)
+        self.encoder = FourierEncoder(c) if c.encoder_type == "fourier" else Encoder(c)
         self.quantizer = ResidualVQ(input_dim=c.latent_dim, rvq_dim=c.rvq_dim or None, output_dim=c.latent_dim,
                                     num_quantizers=c.num_quantizers, codebook_size=c.codebook_size,
                                     codebook_dim=c.codebook_dim, use_ema=c.use_ema, decay=c.decay,
                                     kmeans_init=c.kmeans_init, threshold_ema_dead_code=c.threshold_ema_dead_code,
                                     commitment_weight=c.commitment_weight, codebook_weight=c.codebook_weight,
                                     quantizer_dropout=c.quantizer_dropout)
-        self.decoder = Decoder(c)
+        self.decoder = FourierDecoder(c) if c.decoder_type == "fourier" else Decoder(c)
         self.weights_hash: Optional[str] = None
         #: offline encode/decode run in blocks of this many frames through the streaming states (same results,
         #: cache-friendly, memory flat in the signal length); not a weight or config field.
@@ -221,8 +231,13 @@ class CodecModel(nn.Module):
 
     @property
     def latency_ms(self) -> float:
-        """Algorithmic latency in ms (one frame: 13.3 ms at 24 kHz / hop 320)."""
+        """Algorithmic latency in ms: one frame (13.3 ms at 24 kHz / hop 320) plus :attr:`decoder_delay`."""
         return self.config.latency_ms
+
+    @property
+    def decoder_delay(self) -> int:
+        """Samples of latency the decoder adds (the Fourier decoder's overlap-add; 0 for the conv decoder)."""
+        return int(self.decoder.delay)
 
     def bitrate(self, nq: Optional[int] = None) -> float:
         """Bits per second with ``nq`` levels (default all)."""
@@ -243,6 +258,14 @@ class CodecModel(nn.Module):
     def macs_per_frame(self) -> dict:
         """Multiply-accumulates per frame (convolutions; quantizer with all levels) -> dict (encoder/decoder/rvq)."""
         hop = self.hop_length
+        c = self.config
+        rvq_dim = c.rvq_dim or c.latent_dim
+        rvq = c.num_quantizers * (rvq_dim * c.codebook_dim + c.codebook_dim * c.codebook_size)
+        if c.encoder_type == "fourier" or c.decoder_type == "fourier":
+            if c.encoder_type != "fourier" or c.decoder_type != "fourier":
+                raise NotImplementedError("MAC counting of mixed conv / Fourier models is not implemented")
+            return {"encoder": int(self.encoder.macs_per_frame()), "decoder": int(self.decoder.macs_per_frame()),
+                    "rvq_all_levels": int(rvq)}
 
         def count(mod: nn.Module, rate_fn) -> int:
             total = 0
@@ -278,9 +301,6 @@ class CodecModel(nn.Module):
                 dec += m.in_channels * m.out_channels * m.kernel_size * rr
             else:
                 dec += m.macs_per_output() * rr
-        c = self.config
-        rvq_dim = c.rvq_dim or c.latent_dim
-        rvq = c.num_quantizers * (rvq_dim * c.codebook_dim + c.codebook_dim * c.codebook_size)
         return {"encoder": int(enc), "decoder": int(dec), "rvq_all_levels": int(rvq)}
 
     # ------------------------------------------------------------------ input handling
@@ -347,15 +367,20 @@ class CodecModel(nn.Module):
             out = [self._encode_frames_exact(x[..., i * hop:(i + bf) * hop], nq) for i in range(0, frames, bf)]
         return torch.cat(out, dim=-1)
 
-    def _decode_blocks(self, z: torch.Tensor) -> torch.Tensor:
-        """latent [B, D, F] -> audio [B, 1, F*hop] in blocks of ``block_frames`` frames (streaming states)."""
+    def _decode_blocks(self, z: torch.Tensor, frame_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """latent [B, D, F] -> audio [B, 1, F*hop] in blocks of ``block_frames`` frames (streaming states; the
+        decoder's delay is compensated: output sample n is the stream's sample n + delay)."""
         bf = max(1, int(self.block_frames))
         frames = z.shape[-1]
         if frames <= bf:
-            return self.decoder(z)
+            return self.decoder(z, frame_mask)
         with st.streaming(self.decoder, z.shape[0]):
-            out = [self.decoder(z[..., i:i + bf]) for i in range(0, frames, bf)]
-        return torch.cat(out, dim=-1)
+            out = [self.decoder(z[..., i:i + bf], None if frame_mask is None else frame_mask[:, i:i + bf])
+                   for i in range(0, frames, bf)]
+            tail = self.decoder.flush()
+        if tail is not None:
+            out.append(tail)
+        return torch.cat(out, dim=-1)[..., self.decoder_delay: self.decoder_delay + frames * self.hop_length]
 
     def _check_nq(self, nq: Optional[int]) -> int:
         n = self.num_quantizers if nq is None else int(nq)
@@ -407,8 +432,8 @@ class CodecModel(nn.Module):
             raise ValueError(f"codes must be [B, nq, F] or [nq, F], got {tuple(c.shape)}")
         with torch.no_grad():
             z = self.quantizer.decode(c)
-            y = self._decode_blocks(z.to(self._dtype()))
             valid = (c >= 0).any(1)  # [B, F]
+            y = self._decode_blocks(z.to(self._dtype()), valid)
             nfr = valid.sum(-1)
             hop = self.hop_length
             keep = torch.repeat_interleave(valid, hop, dim=1)
@@ -416,7 +441,7 @@ class CodecModel(nn.Module):
         return (y, (nfr * hop).cpu()) if return_lengths else y
 
     def _dtype(self) -> torch.dtype:
-        return self.decoder.conv_in.weight_v.dtype
+        return next(self.decoder.parameters()).dtype
 
     # ------------------------------------------------------------------ training
     def forward(self, wav: torch.Tensor, lengths: Optional[torch.Tensor] = None, n_q: Optional[int] = None
@@ -439,7 +464,7 @@ class CodecModel(nn.Module):
         nfr = -(-lengths // hop)
         mask = torch.arange(frames, device=wav.device)[None] < nfr[:, None]
         rvq = self.quantizer(z, mask, n_q=n_q)
-        y = self.decoder(rvq.quantized.to(z.dtype))[..., :T]
+        y = self.decoder(rvq.quantized.to(z.dtype), mask)[..., :T]
         y = y * keep[:, None].to(y.dtype)
         return ModelOutput(audio=y, rvq=rvq, mask=mask)
 
@@ -455,10 +480,12 @@ class CodecModel(nn.Module):
             return self._encode_frames_exact(x, self._check_nq(nq))
 
     def decode_step(self, codes: torch.Tensor) -> torch.Tensor:
-        """Inside :meth:`streaming`: codes [B, nq, f] -> audio [B, 1, f*hop]."""
+        """Inside :meth:`streaming`: codes [B, nq, f] -> audio [B, 1, f*hop], the decoder's stream output: it lags
+        by :attr:`decoder_delay` samples (0 for the conv decoder; :meth:`stream_decoder` compensates it)."""
         with torch.no_grad():
-            z = self.quantizer.decode(codes.long().to(self.device))
-            return self.decoder(z.to(self._dtype())).float()
+            c = codes.long().to(self.device)
+            z = self.quantizer.decode(c)
+            return self.decoder(z.to(self._dtype()), (c >= 0).any(1)).float()
 
     def stream_encoder(self, batch_size: int = 1, nq: Optional[int] = None) -> "StreamEncoder":
         """Streaming encoder for ``batch_size`` independent streams (latency: one frame)."""
@@ -577,12 +604,19 @@ class StreamEncoder(_Stream):
 
 
 class StreamDecoder(_Stream):
-    """Streaming decoder: ``feed(codes [B, nq, f]) -> audio [B, 1, f * hop]`` (no added latency; equals offline
-    :meth:`CodecModel.decode` within ~1e-6).  Frames coded ``-1`` decode from a zero latent.  ``reset(slot)``
-    starts a new utterance in one slot; ``flush()`` ends all streams (returns ``[B, 1, 0]``)."""
+    """Streaming decoder: ``feed(codes [B, nq, f]) -> audio [B, 1, n]``, the samples that are final.
+
+    With the conv decoder ``n = f * hop`` (no added latency).  The Fourier decoder's overlap-add delays its
+    output by ``model.decoder_delay`` samples: the first feeds return that many samples fewer and ``flush()``
+    returns the last ``decoder_delay`` samples.  Feeds plus flush always give ``F * hop`` samples that equal
+    offline :meth:`CodecModel.decode` within ~1e-6.  Frames coded ``-1`` decode from a zero latent (the Fourier
+    decoder adds nothing for them).  ``reset(slot)`` starts a new utterance in one slot (with the Fourier decoder
+    the slot's previous utterance loses its last ``decoder_delay`` samples: flush before when they matter).
+    """
 
     def __init__(self, model: CodecModel, batch_size: int = 1) -> None:
         super().__init__(model, model.decoder, batch_size)
+        self._skip = model.decoder_delay  # stream samples still to drop (they precede time 0)
 
     def feed(self, codes) -> torch.Tensor:
         c = _to_tensor(codes).long().to(self.model.device)
@@ -595,15 +629,28 @@ class StreamDecoder(_Stream):
 
         def run(cc: torch.Tensor) -> torch.Tensor:
             z = self.model.quantizer.decode(cc)
-            return self.model.decoder(z.to(self.model._dtype())).float()
+            return self.model.decoder(z.to(self.model._dtype()), (cc >= 0).any(1)).float()
 
-        return self._run(run, c)
+        return self._drop_preroll(self._run(run, c))
+
+    def _drop_preroll(self, y: torch.Tensor) -> torch.Tensor:
+        if self._skip:
+            k = min(self._skip, y.shape[-1])
+            self._skip -= k
+            y = y[..., k:]
+        return y
 
     def flush(self) -> torch.Tensor:
-        """Nothing is pending beyond the fed frames (their overlap tails are trimmed, as offline); resets."""
+        """End all streams: the samples still pending ``[B, 1, decoder_delay]`` (``[B, 1, 0]`` for the conv
+        decoder; the overlap tails past the last frame are trimmed, as offline); then resets."""
+        tail = self._run(self.model.decoder.flush)
+        out = torch.zeros(self.batch_size, 1, 0, device=self.model.device) if tail is None else \
+            self._drop_preroll(tail.float())
         self.reset()
-        return torch.zeros(self.batch_size, 1, 0, device=self.model.device)
+        return out
 
     def reset(self, slot: Optional[int] = None) -> None:
         """Start over (all slots) or only ``slot``."""
         self._reset_states(slot)
+        if slot is None:
+            self._skip = self.model.decoder_delay

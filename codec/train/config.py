@@ -53,6 +53,9 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "stft": 0.0,                 # multi-resolution STFT loss (spectral convergence + log magnitude)
         "stft_windows": [512, 1024, 2048],
         "l1": 0.0,                   # time-domain L1
+        "complex": 0.0,              # compressed complex-STFT L1 (PhaseAwareSTFTLoss)
+        "phase": 0.0,                # magnitude-weighted group-delay + instantaneous-frequency loss
+        "phase_windows": [480, 960, 1920],
         "commitment": 1.0,           # multiplies RVQOutput.commit_loss (already weighted inside the quantizer)
         "codebook": 1.0,             # multiplies RVQOutput.codebook_loss (0 with EMA codebooks)
         "adversarial": 1.0,

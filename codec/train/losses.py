@@ -25,6 +25,7 @@ __all__ = [
     "MultiScaleMelLoss",
     "MultiResolutionSTFTLoss",
     "masked_l1",
+    "PhaseAwareSTFTLoss",
     "generator_adversarial_loss",
     "discriminator_adversarial_loss",
     "feature_matching_loss",
@@ -176,6 +177,57 @@ class MultiResolutionSTFTLoss(nn.Module):
                 w = count / count.sum().clamp_min(1.0)
                 total = total + (sc * w).sum() + per_log.sum() / count.sum().clamp_min(1.0)
         return total / len(self.stfts)
+
+
+def _anti_wrap(x: Tensor) -> Tensor:
+    """Distance of a phase difference to the nearest multiple of 2 pi (APNet's anti-wrapping function)."""
+    return (x - 2 * math.pi * torch.round(x / (2 * math.pi))).abs()
+
+
+class PhaseAwareSTFTLoss(nn.Module):
+    """Losses that pin down phase where the signal has energy, for decoders trained without a discriminator.
+
+    Per resolution (Hann window ``w``, hop ``w // 4``), with ``X``, ``Y`` the complex STFTs of reference and
+    estimate: ``complex`` = L1 between the power-compressed spectra ``|X|^c e^{i angle X}`` and ``|Y|^c ...``
+    (``c = compress``; weighs phase errors by compressed magnitude), and ``phase`` = anti-wrapped group-delay
+    (phase difference along frequency) plus instantaneous-frequency (along time) errors as in APNet, each
+    weighted by the reference's compressed magnitude.  Returns ``(complex, phase)`` scalars averaged over
+    resolutions; masked like the other spectrogram losses.
+    """
+
+    def __init__(self, windows: Sequence[int] = (480, 960, 1920), compress: float = 0.3):
+        super().__init__()
+        self.windows = [int(w) for w in windows]
+        self.compress = float(compress)
+        for i, w in enumerate(self.windows):
+            self.register_buffer(f"win{i}", torch.hann_window(w), persistent=False)
+
+    def _stft(self, x: Tensor, i: int) -> Tensor:
+        w = self.windows[i]
+        if x.shape[-1] < w:
+            x = F.pad(x, (0, w - x.shape[-1]))
+        return torch.stft(x, n_fft=w, hop_length=w // 4, window=getattr(self, f"win{i}").to(x.dtype),
+                          center=False, return_complex=True)
+
+    def forward(self, x: Tensor, y: Tensor, lengths: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        xf, yf = _flat(x), _flat(y)
+        cplx, phase = xf.new_zeros(()), xf.new_zeros(())
+        for i, w in enumerate(self.windows):
+            sx, sy = self._stft(xf, i), self._stft(yf, i)  # [B, F, frames]
+            mask = _frame_mask(lengths, xf.shape[0], sx.shape[-1], w, w // 4, xf.device)[:, None, :]
+            count = mask.sum().clamp_min(1.0) * sx.shape[1]
+            mx = (sx.abs() + 1e-7) ** self.compress
+            my = (sy.abs() + 1e-7) ** self.compress
+            cx = mx * sx / (sx.abs() + 1e-7)
+            cy = my * sy / (sy.abs() + 1e-7)
+            cplx = cplx + ((cx - cy).abs() * mask).sum() / count
+            px, py = torch.angle(sx), torch.angle(sy)
+            wgt = mx.detach() / mx.detach().mean().clamp_min(1e-7)
+            gd = _anti_wrap(torch.diff(px, dim=1) - torch.diff(py, dim=1)) * wgt[:, 1:]
+            iaf = _anti_wrap(torch.diff(px, dim=2) - torch.diff(py, dim=2)) * wgt[..., 1:]
+            phase = phase + (gd * mask).sum() / count + (iaf * mask[..., 1:]).sum() / count
+        n = len(self.windows)
+        return cplx / n, phase / n
 
 
 def masked_l1(x: Tensor, y: Tensor, lengths: Optional[Tensor] = None, reduction: str = "mean") -> Tensor:

@@ -40,7 +40,7 @@ from codec.errors import CodecError
 from .config import dump_config
 from .data import CropDataset, StepBatchSampler, ValidDataset, collate, read_items, worker_init_fn
 from .discriminators import Discriminators
-from .losses import (MultiResolutionSTFTLoss, MultiScaleMelLoss, discriminator_adversarial_loss,
+from .losses import (MultiResolutionSTFTLoss, MultiScaleMelLoss, PhaseAwareSTFTLoss, discriminator_adversarial_loss,
                      feature_matching_loss, generator_adversarial_loss, masked_l1, mel_filterbank,
                      sample_mask)
 
@@ -310,6 +310,8 @@ class Trainer:
         lo = cfg["loss"]
         self.mel_loss = MultiScaleMelLoss(self.sample_rate, lo["mel_windows"], lo["mel_bands"]).to(self.device)
         self.stft_loss = MultiResolutionSTFTLoss(lo["stft_windows"]).to(self.device) if lo["stft"] else None
+        self.phase_loss = PhaseAwareSTFTLoss(lo["phase_windows"]).to(self.device) \
+            if (float(lo["complex"]) or float(lo["phase"])) else None
 
         oc = cfg["optim"]
         steps = int(oc.get("decay_steps") or tc["steps"])
@@ -549,8 +551,9 @@ class Trainer:
             d_ok = bool(torch.isfinite(d_loss))
             logs["d_loss"] = float(d_loss.detach())
 
-        # --- generator losses
+        # --- generator losses (the decoder's last `delay` samples lack the frames after the crop: not scored)
         rvq = out.rvq
+        lengths = (lengths - self.model.decoder_delay).clamp_min(0)
         mel = self.mel_loss(wav, y, lengths)
         total = float(lo["mel"]) * mel
         logs["mel"] = float(mel.detach())
@@ -558,6 +561,10 @@ class Trainer:
             st = self.stft_loss(wav, y, lengths)
             total = total + float(lo["stft"]) * st
             logs["stft"] = float(st.detach())
+        if self.phase_loss is not None:
+            cx, ph = self.phase_loss(wav, y, lengths)
+            total = total + float(lo["complex"]) * cx + float(lo["phase"]) * ph
+            logs["complex"], logs["phase"] = float(cx.detach()), float(ph.detach())
         if float(lo["l1"]):
             l1 = masked_l1(wav, y, lengths)
             total = total + float(lo["l1"]) * l1

@@ -670,24 +670,30 @@ def decode_files(
                         slot += st.streams
                         states.append((i, st))
                     max_frames = max(st.frames for _, st in states)
+                    emitted = 0  # output samples so far (the same for every slot)
+
+                    def emit(audio: np.ndarray) -> None:
+                        for _, st in states:
+                            valid = min(audio.shape[-1], st.frames * hop - emitted)
+                            if valid > 0:
+                                st.write(audio[st.slot: st.slot + st.streams, 0, :valid])
+                                if progress is not None:
+                                    progress(valid / sr)
+
                     with torch.inference_mode():
                         dec = m.stream_decoder(streams)
                         for pos in range(0, max_frames, fchunk):
                             f = min(fchunk, max_frames - pos)
-                            codes = np.zeros((streams, use_nq, f), np.int64)
+                            codes = np.full((streams, use_nq, f), -1, np.int64)  # -1: past a shorter item's end
                             for _, st in states:
                                 seg = st.cf.codes[:, :use_nq, pos: pos + f]
                                 codes[st.slot: st.slot + st.streams, :, : seg.shape[-1]] = seg
                             audio = dec.feed(torch.from_numpy(codes).to(dev)).detach().to("cpu").float().numpy()
                             if (pos // fchunk) % 16 == 15:
                                 _release_memory()
-                            for _, st in states:
-                                valid = min(f, st.frames - pos)
-                                if valid > 0:
-                                    st.write(audio[st.slot: st.slot + st.streams, 0, : valid * hop])
-                                    if progress is not None:
-                                        progress(valid * hop / sr)
-                        dec.flush()
+                            emit(audio)
+                            emitted += audio.shape[-1]
+                        emit(dec.flush().detach().to("cpu").float().numpy())
                     for _, st in states:
                         st.finish()
             except CodecError as exc:

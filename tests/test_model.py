@@ -24,9 +24,14 @@ def small_model(seed=0, **kw):
     return m.eval()
 
 
-@pytest.fixture(scope="module")
-def model():
-    return small_model()
+FOURIER_SMALL = dict(encoder_type="fourier", decoder_type="fourier", fourier_dim=32, encoder_layers=2,
+                     decoder_layers=2)
+
+
+@pytest.fixture(scope="module", params=["seanet", "fourier"])
+def model(request):
+    """The time-domain conv model and the frame-rate Fourier model, both with the 32 x 1024 x 8 quantizer."""
+    return small_model(**(FOURIER_SMALL if request.param == "fourier" else {}))
 
 
 def test_presets_and_json_round_trip():
@@ -135,6 +140,19 @@ def test_training_forward_and_backward():
     assert m.decoder.conv_out.weight_g.grad is not None
     out = m(x, n_q=2)
     assert out.rvq.codes.shape[1] == 2
+
+
+def test_masked_batch_decodes_each_item_as_alone(model):
+    """-1 frames add nothing: a shorter item's decoded audio (its faded tail included) equals decoding it alone."""
+    g = torch.Generator().manual_seed(2)
+    lengths = [9600, 4000, 700]
+    x = 0.3 * torch.randn(3, 1, 9600, generator=g)
+    codes, nfr = model.encode(x, nq=8, lengths=torch.tensor(lengths), return_lengths=True)
+    y = model.decode(codes)
+    for i, f in enumerate(nfr.tolist()):
+        alone = model.decode(codes[i:i + 1, :, :f])
+        assert (y[i:i + 1, :, : f * 320] - alone).abs().max() < 1e-5
+        assert (y[i, :, f * 320:] == 0).all()
 
 
 def test_eval_is_deterministic_and_weight_norm_cache_tracks_updates(model):

@@ -10,18 +10,24 @@ from codec.model import CodecModel
 HOP = 320
 
 
-def make_model(seed=0):
+SMALL = {"seanet": dict(base_channels=8, max_channels=64, latent_dim=32),
+         "fourier": dict(encoder_type="fourier", decoder_type="fourier", latent_dim=32, fourier_dim=32,
+                         encoder_layers=2, decoder_layers=2)}
+
+
+def make_model(seed=0, kind="seanet"):
     torch.manual_seed(seed)
-    m = CodecModel(CodecConfig.preset("24khz", base_channels=8, max_channels=64, latent_dim=32))
+    m = CodecModel(CodecConfig.preset("24khz", **SMALL[kind]))
     m.train()
     with torch.no_grad():
         m(0.3 * torch.randn(2, 1, 12000, generator=torch.Generator().manual_seed(seed)))  # k-means init
     return m.eval()
 
 
-@pytest.fixture(scope="module")
-def model():
-    return make_model()
+@pytest.fixture(scope="module", params=["seanet", "fourier"])
+def model(request):
+    """The time-domain conv model and the frame-rate Fourier model (whose decoder adds a delay)."""
+    return make_model(kind=request.param)
 
 
 def signal(seconds, seed=0, batch=1):
@@ -82,11 +88,13 @@ def test_stream_decoder_matches_offline(model):
                 while i < codes.shape[-1]:
                     n = 1 if sizes else rng.randint(1, 40)
                     y = dec.feed(codes[..., i:i + n])
-                    assert y.shape[-1] == codes[..., i:i + n].shape[-1] * HOP
                     out.append(y)
                     i += n
-                assert dec.flush().shape[-1] == 0
-                y = torch.cat(out, -1)
+                    # every sample is emitted as soon as it is final: `decoder_delay` samples behind the input
+                    assert sum(o.shape[-1] for o in out) == max(0, min(i, codes.shape[-1]) * HOP - model.decoder_delay)
+                tail = dec.flush()
+                assert tail.shape[-1] == min(model.decoder_delay, codes.shape[-1] * HOP)
+                y = torch.cat(out + [tail], -1)
                 assert y.shape == ref.shape
                 assert (y - ref).abs().max().item() < 1e-5
 
@@ -137,12 +145,16 @@ def test_batched_streams_and_slot_reset(model):
         dec.reset(1)
         rest0, rest1 = [], []
         for f in range(10, ra.shape[-1]):
-            other = rc[0, :, f - 10:f - 9] if f - 10 < nc else torch.zeros(8, 1, dtype=torch.long)
+            other = rc[0, :, f - 10:f - 9] if f - 10 < nc else torch.full((8, 1), -1, dtype=torch.long)
             y = dec.feed(torch.stack([ra[0, :, f:f + 1], other]))
             rest0.append(y[0]); rest1.append(y[1])
-        y0 = torch.cat([first[0]] + rest0, -1)
+        tail = dec.flush()
+        y0 = torch.cat([first[0]] + rest0 + [tail[0]], -1)
+        assert y0.shape == ya[0].shape
         assert (y0 - ya[0]).abs().max() < 1e-5
-        y1 = torch.cat(rest1, -1)[..., : yc.shape[-1]]
+        # after reset(slot) the slot's first `decoder_delay` samples precede the new utterance (pre-roll)
+        d = model.decoder_delay
+        y1 = torch.cat(rest1 + [tail[1]], -1)[..., d: d + yc.shape[-1]]
         assert (y1 - yc[0]).abs().max() < 1e-5
 
 
@@ -154,7 +166,8 @@ def test_model_streaming_context_manager(model):
             parts = [model.encode_step(x[..., i:i + 3 * HOP], nq=4) for i in range(0, 75 * HOP, 3 * HOP)]
             y = torch.cat([model.decode_step(p) for p in parts], -1)
         assert torch.equal(torch.cat(parts, -1), ref)
-        assert (y - model.decode(ref)).abs().max() < 1e-5
+        d = model.decoder_delay  # decode_step output lags by the decoder's delay
+        assert (y[..., d:] - model.decode(ref)[..., : y.shape[-1] - d]).abs().max() < 1e-5
         # states are torn down after the context
         assert all(m._stream is None for m in model.modules() if hasattr(m, "_stream"))
 

@@ -257,6 +257,16 @@ def _metric_fns():
         return _local_si_sdr, _mel
 
 
+def _perceptual_metric_fns() -> Dict[str, Any]:
+    """``{"pesq": fn, "stoi": fn}`` for validation when the ``eval`` extras (pesq, pystoi) are installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("pesq") is None or importlib.util.find_spec("pystoi") is None:
+        return {}
+    from codec.metrics import pesq_wb, stoi
+    return {"pesq": pesq_wb, "stoi": stoi}
+
+
 def _spectrogram_image(x: np.ndarray, sample_rate: int) -> np.ndarray:
     """``[T]`` -> log-mel image ``[1, 80, frames]`` in [0, 1], low frequencies at the bottom."""
     sig = torch.as_tensor(x, dtype=torch.float32)
@@ -672,6 +682,7 @@ class Trainer:
         if not self.valid_items or not self.is_main:
             return {}
         si_sdr, mel_dist = _metric_fns()
+        perceptual = _perceptual_metric_fns()
         dc = self.cfg["data"]
         ds = ValidDataset(self.valid_items, self.sample_rate, int(dc["valid_items"]),
                           float(dc["valid_max_seconds"]), dc.get("loudness_db"), float(dc.get("max_gain_db", 20.0)))
@@ -700,6 +711,10 @@ class Trainer:
                     y = y[0, 0, :n].float().cpu().numpy()
                     res.setdefault(f"mel/nq{q}", []).append(float(mel_dist(x[0], y, self.sample_rate)))
                     res.setdefault(f"si_sdr/nq{q}", []).append(float(si_sdr(x[0], y)))
+                    for name, fn in perceptual.items():
+                        v = float(fn(x[0], y, self.sample_rate))
+                        if np.isfinite(v):
+                            res.setdefault(f"{name}/nq{q}", []).append(v)
                     if i < int(self.cfg["train"].get("audio_samples", 2)) and q == nqs[-1]:
                         samples.append((i, x[0], y))
             np.random.set_state(np_state)
@@ -825,7 +840,9 @@ class Trainer:
                         if is_best:
                             self.best_valid = m["valid_loss"]
                             self.best_metrics = dict(m)
-                        self._log_jsonl({"step": self.step, "kind": "valid", **m})
+                        cpu_h = self.elapsed * self.world * torch.get_num_threads() / 3600.0
+                        self._log_jsonl({"step": self.step, "kind": "valid", "train_seconds": self.elapsed,
+                                         "cpu_hours": cpu_h, "audio_hours_seen": self.audio_seconds / 3600.0, **m})
                         if pbar is not None:
                             pbar.write(f"step {self.step}: valid mel {m['valid_loss']:.3f} "
                                        f"si-sdr {m.get(f'si_sdr/nq{self._valid_nq()[-1]}', float('nan')):.2f} dB")

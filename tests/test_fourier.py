@@ -1,0 +1,126 @@
+"""Frame-rate Fourier layers: causal STFT analysis, inverse-STFT overlap-add, config, phase-aware losses."""
+import math
+
+import pytest
+import torch
+
+from codec.config import CodecConfig
+from codec.model import CodecModel
+from codec.nn.fourier import CausalSTFT, ConvNeXtBlock, FourierDecoder, ISTFTHead
+from codec.train.losses import PhaseAwareSTFTLoss
+
+HOP, NFFT = 320, 960
+
+
+def test_causal_stft_is_the_window_ending_at_each_frame():
+    x = torch.randn(2, 10 * HOP, dtype=torch.float32)
+    st = CausalSTFT(NFFT, HOP)
+    spec = torch.matmul(st._frames(x), st.basis)  # [B, F, 2 * bins]
+    assert spec.shape == (2, 10, 2 * (NFFT // 2 + 1))
+    padded = torch.nn.functional.pad(x, (NFFT - HOP, 0))
+    ref = torch.stft(padded, NFFT, HOP, window=torch.hann_window(NFFT), center=False, return_complex=True)
+    ref = ref.transpose(1, 2)  # [B, F, bins]
+    assert torch.allclose(spec[..., : st.bins], ref.real, atol=1e-3)
+    assert torch.allclose(spec[..., st.bins:], ref.imag, atol=1e-3)
+    # causal: frame 3 does not change when samples after its end change
+    y = x.clone()
+    y[:, 4 * HOP:] = 0
+    assert torch.equal(st.forward_exact(x)[:, :4], st.forward_exact(y)[:, :4])
+
+
+def test_istft_head_reconstructs_the_analysed_signal_with_its_delay():
+    """Given the exact STFT of a signal, overlap-add gives the signal back, ``delay`` samples late (offline:
+    compensated), except the last ``delay`` samples, which miss the frames after the end."""
+    torch.manual_seed(0)
+    F_ = 12
+    x = torch.randn(1, F_ * HOP)
+    st = CausalSTFT(NFFT, HOP)
+    spec = torch.matmul(st._frames(x), st.basis)
+    S = torch.complex(spec[..., : st.bins], spec[..., st.bins:])
+    head = ISTFTHead(4, NFFT, HOP)
+    head.spectrum = lambda h: S  # bypass the learned projection
+    y = head(torch.zeros(1, F_, 4))
+    d = head.delay
+    assert d == NFFT - HOP and y.shape == (1, F_ * HOP)
+    assert (y[:, : F_ * HOP - d] - x[:, : F_ * HOP - d]).abs().max() < 1e-4
+    assert (y[:, -d:] - x[:, -d:]).abs().max() > 1e-2  # the faded tail
+    # frames masked out contribute nothing
+    mask = torch.ones(1, F_, dtype=torch.bool)
+    mask[:, 6:] = False
+    ym = head(torch.zeros(1, F_, 4), mask)
+    head6 = ISTFTHead(4, NFFT, HOP)
+    head6.spectrum = lambda h: S[:, :6]
+    y6 = head6(torch.zeros(1, 6, 4))
+    assert torch.allclose(ym[:, : 6 * HOP], y6, atol=1e-6)
+
+
+def test_convnext_block_is_causal_and_streams():
+    torch.manual_seed(0)
+    blk = ConvNeXtBlock(16, 48, kernel_size=7, layer_scale=1.0).eval()
+    x = torch.randn(2, 20, 16)
+    with torch.no_grad():
+        ref = blk(x)
+        x2 = x.clone()
+        x2[:, 10:] += 1.0
+        assert torch.equal(blk(x2)[:, :10], ref[:, :10])
+        from codec.nn import streaming as st
+        with st.streaming(blk, 2):
+            parts = [blk(x[:, i:i + 3]) for i in range(0, 20, 3)]
+        assert (torch.cat(parts, 1) - ref).abs().max() < 1e-5
+        assert (blk.forward_exact(x) - ref).abs().max() < 1e-4
+
+
+def test_fourier_config_latency_size_and_errors():
+    c = CodecConfig.preset("24khz-fourier")
+    assert c.decoder_delay == 640 and abs(c.latency_ms - 40.0) < 1e-9
+    assert CodecConfig.preset("24khz").decoder_delay == 0
+    assert CodecConfig.from_json(c.to_json()) == c
+    m = CodecModel(CodecConfig.preset("24khz-fourier", fourier_dim=32, encoder_layers=1, decoder_layers=1,
+                                      latent_dim=16))
+    assert m.decoder_delay == 640 and abs(m.latency_ms - 40.0) < 1e-9
+    bins = NFFT // 2 + 1
+    blk = 7 * 32 + 2 * 32 * 96
+    assert m.macs_per_frame()["encoder"] == NFFT * 2 * bins + 3 * bins * 32 + 32 * 16 + blk
+    assert m.macs_per_frame()["decoder"] == 16 * 32 + blk + 32 * 2 * bins + NFFT * bins * 2
+    with pytest.raises(ValueError, match="multiple of the hop length"):
+        CodecConfig.preset("24khz-fourier", n_fft=640)
+    with pytest.raises(ValueError, match="'seanet' or 'fourier'"):
+        CodecConfig(decoder_type="vocos")
+
+
+def test_fourier_decoder_stream_state_is_the_pending_tail():
+    cfg = CodecConfig.preset("24khz-fourier", fourier_dim=16, decoder_layers=1, latent_dim=8)
+    dec = FourierDecoder(cfg).eval()
+    z = torch.randn(1, 8, 9)
+    from codec.nn import streaming as st
+    with torch.no_grad():
+        ref = dec(z)
+        with st.streaming(dec, 1):
+            out = [dec(z[..., i:i + 2]) for i in range(0, 9, 2)] + [dec.flush()]
+    y = torch.cat(out, -1)
+    assert y.shape[-1] == 9 * HOP + dec.delay
+    assert (y[..., dec.delay:] - ref).abs().max() < 1e-5
+
+
+def test_phase_aware_loss_sees_phase_and_goes_down():
+    torch.manual_seed(0)
+    t = torch.arange(12000) / 24000.0
+    x = (0.3 * torch.sin(2 * math.pi * 220 * t) + 0.05 * torch.randn(12000))[None, None]
+    loss = PhaseAwareSTFTLoss((480, 960))
+    c0, p0 = loss(x, x)
+    assert c0.item() < 1e-6 and p0.item() < 1e-6
+    # the same magnitudes with another phase: the complex and phase terms see it
+    shifted = (0.3 * torch.sin(2 * math.pi * 220 * t + 1.0) + 0.05 * torch.randn(12000))[None, None]
+    c1, p1 = loss(x, shifted)
+    assert c1.item() > 0.01 and p1.item() > 0.01
+    y = torch.nn.Parameter(0.1 * torch.randn(1, 1, 12000))
+    opt = torch.optim.Adam([y], lr=3e-3)
+    first = None
+    for _ in range(60):
+        c, p = loss(x, y)
+        total = c + 0.1 * p
+        first = float(total.detach()) if first is None else first
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+    assert float(total.detach()) < 0.6 * first

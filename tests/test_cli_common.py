@@ -9,14 +9,14 @@ import numpy as np
 import soundfile as sf
 
 
-def make_tiny_model_dir(path: Path, seed: int = 0) -> Path:
-    """Save ``CodecModel(CodecConfig.preset("tiny"))`` with seeded random weights to ``path``."""
+def make_tiny_model_dir(path: Path, seed: int = 0, **overrides) -> Path:
+    """Save ``CodecModel(CodecConfig.preset("tiny", **overrides))`` with seeded random weights to ``path``."""
     import torch
 
     from codec import CodecConfig, CodecModel
 
     torch.manual_seed(seed)
-    model = CodecModel(CodecConfig.preset("tiny")).eval()
+    model = CodecModel(CodecConfig.preset("tiny", **overrides)).eval()
     model.save_pretrained(str(path))
     return path
 

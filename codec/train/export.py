@@ -43,9 +43,20 @@ def model_card(state: Dict[str, Any], name: str) -> str:
     lines = [f"# {name}", "", "Neural audio codec trained with `codec train` "
              f"(exported {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}).", "",
              "## Model", ""]
-    for k in ("sample_rate", "strides", "latent_dim", "num_quantizers", "codebook_size", "codebook_dim"):
+    keys = ["sample_rate", "strides", "latent_dim", "num_quantizers", "codebook_size", "codebook_dim",
+            "encoder_type", "decoder_type"]
+    if "fourier" in (mc.get("encoder_type"), mc.get("decoder_type")):
+        keys += ["n_fft", "fourier_dim", "fourier_mlp", "fourier_kernel", "encoder_layers", "decoder_layers"]
+    for k in keys:
         if k in mc:
             lines.append(f"- {k}: {mc[k]}")
+    if mc:
+        from codec.config import CodecConfig
+
+        try:
+            lines.append(f"- algorithmic latency: {CodecConfig.from_dict(mc).latency_ms:.1f} ms")
+        except ValueError:
+            pass
     lines += ["", "## Training", "",
               f"- steps: {state.get('step')}",
               f"- training time (wall clock of the training steps, validation excluded): "

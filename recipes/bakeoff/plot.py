@@ -1,0 +1,57 @@
+"""Learning curves of the bake-off runs: validation PESQ-WB and STOI at nq 8 against CPU-hours.
+
+    python recipes/bakeoff/plot.py OUT.png NAME=RUN_DIR [NAME=RUN_DIR ...]
+
+Reads each run's ``metrics.jsonl`` (the ``valid`` records written by ``codec train``, which carry ``cpu_hours``
+and, with the ``eval`` extras installed, ``pesq/nqN`` and ``stoi/nqN``) and prints the points as a Markdown table.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def curves(run_dir: Path, nq: int = 8):
+    """-> list of (cpu_hours, step, pesq, stoi, mel) from a run's validation records."""
+    out = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("kind") == "valid" and f"pesq/nq{nq}" in rec:
+            out.append((rec["cpu_hours"], rec["step"], rec[f"pesq/nq{nq}"], rec[f"stoi/nq{nq}"], rec[f"mel/nq{nq}"]))
+    return out
+
+
+def main(argv) -> int:
+    if len(argv) < 2 or any("=" not in a for a in argv[1:]):
+        print(__doc__.strip(), file=sys.stderr)
+        return 2
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    print("| run | step | CPU-hours | PESQ-WB nq8 | STOI nq8 | mel nq8 |\n|---|---|---|---|---|---|")
+    for arg in argv[1:]:
+        name, run = arg.split("=", 1)
+        pts = curves(Path(run))
+        if not pts:
+            continue
+        h = [p[0] for p in pts]
+        axes[0].plot(h, [p[2] for p in pts], marker="o", label=name)
+        axes[1].plot(h, [p[3] for p in pts], marker="o", label=name)
+        for p in pts:
+            print(f"| {name} | {p[1]} | {p[0]:.3f} | {p[2]:.3f} | {p[3]:.3f} | {p[4]:.3f} |")
+    for ax, what in zip(axes, ("PESQ-WB", "STOI")):
+        ax.set_xlabel("CPU-hours (2 DDP processes x 1 thread)")
+        ax.set_ylabel(f"{what} at nq 8 (6 kbps)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("Bake-off: validation subset (12 held-out clips, <= 4 s) during training")
+    fig.tight_layout()
+    fig.savefig(argv[0], dpi=110)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -27,3 +27,10 @@ from .rvq import ResidualVQ, RVQOutput
 from .vq import Codebook, VectorQuantize, VQOutput
 
 __all__ = ["ResidualVQ", "RVQOutput", "VectorQuantize", "VQOutput", "Codebook", "kmeans"]
+
+# semantic IDs on item embeddings (see codec.semantic_ids)
+from .residual_kmeans import ResidualKMeansFit, assign_residual, constrained_assign, residual_kmeans
+from .rqvae import RQVAE, ResidualMLP, train_rqvae
+
+__all__ += ["ResidualKMeansFit", "residual_kmeans", "assign_residual", "constrained_assign", "RQVAE",
+            "ResidualMLP", "train_rqvae"]

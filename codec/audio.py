@@ -93,11 +93,31 @@ def load_audio(path: PathLike) -> Tuple[np.ndarray, int]:
     return (blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)), sr
 
 
+def current_umask() -> int:
+    """The process umask (read from /proc on Linux, else by setting and restoring it)."""
+    try:
+        with open("/proc/self/status", "r") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def ffmpeg_path_arg(path: PathLike) -> str:
+    """``path`` as an ffmpeg/ffprobe URL (``file:/abs/path``) that can never be read as an option or protocol."""
+    return "file:" + os.path.abspath(os.fspath(path))
+
+
 @contextmanager
 def atomic_output(path: PathLike, suffix: Optional[str] = None) -> Iterator[Path]:
     """Context manager yielding a temporary path in the same directory as ``path``.
 
-    On success the temp file is moved onto ``path`` with :func:`os.replace` (atomic);
+    On success the temp file gets the mode a new file would get (``0o666 & ~umask``, not mkstemp's 0600) and is
+    moved onto ``path`` with :func:`os.replace` (atomic);
     on any exception (including KeyboardInterrupt) it is removed, so no partial output
     is ever left behind.  Raises :class:`CodecError` if the directory is not writable.
     """
@@ -118,6 +138,10 @@ def atomic_output(path: PathLike, suffix: Optional[str] = None) -> Iterator[Path
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        try:
+            os.chmod(tmp_path, 0o666 & ~current_umask())
+        except OSError:  # pragma: no cover - e.g. a filesystem without modes
+            pass
         os.replace(tmp_path, dest)
     except BaseException:
         try:
@@ -235,7 +259,7 @@ class AudioReader:
         try:
             out = subprocess.run(
                 [ffprobe, "-v", "error", "-select_streams", "a:0", "-show_entries",
-                 "stream=sample_rate,channels", "-of", "csv=p=0", str(self.path)],
+                 "stream=sample_rate,channels", "-of", "csv=p=0", ffmpeg_path_arg(self.path)],
                 capture_output=True, text=True, timeout=60,
             )
             fields = out.stdout.strip().splitlines()[0].split(",") if out.stdout.strip() else []
@@ -249,7 +273,7 @@ class AudioReader:
         self.frames = -1
         self.backend = "ffmpeg"
         self._proc = subprocess.Popen(
-            [ffmpeg, "-v", "error", "-nostdin", "-i", str(self.path), "-map", "0:a:0",
+            [ffmpeg, "-v", "error", "-nostdin", "-i", ffmpeg_path_arg(self.path), "-map", "0:a:0",
              "-f", "f32le", "-acodec", "pcm_f32le", "-"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )

@@ -131,6 +131,13 @@ def _ffmpeg(args: List[str], what: str) -> None:
     _run(["ffmpeg", "-nostdin", "-y", "-loglevel", "error"] + args, what)
 
 
+def _fp(path: str) -> str:
+    """A path for ffmpeg that can never be read as an option (``file:/abs/path``)."""
+    from .audio import ffmpeg_path_arg
+
+    return ffmpeg_path_arg(path)
+
+
 def _ffmpeg_has(kind: str, name: str) -> bool:
     ff = shutil.which("ffmpeg")
     if ff is None:
@@ -316,7 +323,8 @@ def _roundtrip(codec: str, setting: str, nominal_kbps: float, wav: np.ndarray, s
     x = np.asarray(wav, dtype=np.float32).reshape(-1)
     gain = level_gain(x, level_db)
     y = resample(x * np.float32(gain), sample_rate, codec_rate)
-    with tempfile.TemporaryDirectory(dir=tmpdir) as td:
+    base = None if tmpdir is None else os.path.abspath(tmpdir)  # absolute: a temp path is never read as an option
+    with tempfile.TemporaryDirectory(dir=base) as td:
         out, out_rate, payload, total, coded = encode_decode(y, td)
     out = resample(out, out_rate, sample_rate) / np.float32(gain)
     if fixed_delay_ms is None:
@@ -344,9 +352,9 @@ def opus(wav: np.ndarray, sample_rate: int, kbps: float, tmpdir: Optional[str] =
             _run(["opusenc", "--quiet", "--bitrate", f"{kbps:g}", "--vbr", "--framesize", "20", src, enc], "opusenc")
             _run(["opusdec", "--quiet", "--rate", "48000", enc, dec], "opusdec")
         else:
-            _ffmpeg(["-i", src, "-c:a", "libopus", "-b:a", f"{int(kbps * 1000)}", "-vbr", "on",
-                     "-frame_duration", "20", enc], "ffmpeg libopus")
-            _ffmpeg(["-i", enc, "-ar", "48000", dec], "ffmpeg opus")
+            _ffmpeg(["-i", _fp(src), "-c:a", "libopus", "-b:a", f"{int(kbps * 1000)}", "-vbr", "on",
+                     "-frame_duration", "20", _fp(enc)], "ffmpeg libopus")
+            _ffmpeg(["-i", _fp(enc), "-ar", "48000", _fp(dec)], "ffmpeg opus")
         with open(enc, "rb") as f:
             data = f.read()
         out, sr_out = sf.read(dec, dtype="float32", always_2d=True)
@@ -387,15 +395,15 @@ def amr_wb(wav: np.ndarray, sample_rate: int, kbps: float, tmpdir: Optional[str]
         if backend == "ffmpeg":
             src = os.path.join(td, "in.wav")
             sf.write(src, _to_pcm16(y), 16000, subtype="PCM_16")
-            _ffmpeg(["-i", src, "-c:a", "libvo_amrwbenc", "-b:a", str(int(round(AMR_WB_MODES[mode] * 1000))),
-                     "-f", "amr", enc], "ffmpeg libvo_amrwbenc")
+            _ffmpeg(["-i", _fp(src), "-c:a", "libvo_amrwbenc", "-b:a", str(int(round(AMR_WB_MODES[mode] * 1000))),
+                     "-f", "amr", _fp(enc)], "ffmpeg libvo_amrwbenc")
             with open(enc, "rb") as f:
                 data = f.read()
         else:
             data = _amr_wb_encode_ctypes(_to_pcm16(y), mode)
             with open(enc, "wb") as f:
                 f.write(data)
-        _ffmpeg(["-f", "amr", "-i", enc, "-ar", "16000", dec], "ffmpeg AMR-WB decode")
+        _ffmpeg(["-f", "amr", "-i", _fp(enc), "-ar", "16000", _fp(dec)], "ffmpeg AMR-WB decode")
         out, _ = sf.read(dec, dtype="float32", always_2d=True)
         nframes, bits = _amr_wb_frames(data)  # frames cover 20 ms each
         return out.mean(axis=1), 16000, bits / 8, len(data), nframes * 320

@@ -4,8 +4,9 @@ File work lives in :mod:`codec.transcode` (encode/decode pipelines), :mod:`codec
 (the ``.codes`` format), :mod:`codec.bench` and :mod:`codec.demo`; ``train`` and ``eval`` are
 delegated to ``codec.train.cli`` and ``codec.evaluation`` (imported only when used).
 
-Errors caused by the user print ``codec: error: <one sentence>`` on stderr and exit with status 2;
-Ctrl-C exits with 130.  No partial output file is ever left behind.
+Errors caused by the user (argparse usage errors included) print the single line
+``codec: error: <one sentence>`` on stderr and exit with status 2; Ctrl-C exits with 130, SIGTERM with 143
+and SIGHUP with 129, each after removing its partial output: no partial output file is ever left behind.
 """
 from __future__ import annotations
 
@@ -66,6 +67,62 @@ are refused; clipped or louder-than-full-scale input gives a warning and is enco
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
+
+class _UsageError(Exception):
+    """An argparse usage error, printed as one ``codec: error:`` line (no usage text)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose usage errors raise :class:`_UsageError` instead of printing usage + error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        msg = " ".join(str(message).split()).rstrip(".")
+        raise _UsageError(f"{msg} (see '{self.prog} -h').")
+
+
+class _Terminated(BaseException):
+    """Raised by the SIGTERM / SIGHUP handler so that partial outputs are removed as on Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _on_terminate(signum, frame) -> None:  # noqa: ARG001
+    raise _Terminated(signum)
+
+
+def _install_signal_handlers() -> dict:
+    """SIGTERM / SIGHUP -> :class:`_Terminated` (main thread only; an ignored SIGHUP, e.g. nohup, stays ignored)."""
+    import signal
+    import threading
+
+    old = {}
+    if threading.current_thread() is not threading.main_thread():
+        return old
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is None:
+            continue
+        try:
+            cur = signal.getsignal(sig)
+            if cur is signal.SIG_IGN:
+                continue
+            old[sig] = signal.signal(sig, _on_terminate)
+        except (ValueError, OSError):  # pragma: no cover
+            pass
+    return old
+
+
+def _restore_signal_handlers(old: dict) -> None:
+    import signal
+
+    for sig, handler in old.items():
+        try:
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        except (ValueError, OSError, TypeError):  # pragma: no cover
+            pass
+
 
 def _positive_int(text: str) -> int:
     try:
@@ -219,8 +276,8 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     pairs = plan_jobs(args.inputs, args.output, {".codes"}, ".wav")
 
     def seconds(src: Path) -> float:
-        h = read_header(src, verify=False)
-        return h.num_frames / h.frame_rate
+        h = read_header(src, verify=False)  # CodecError (counted as 0 s) for a bad header
+        return h.num_frames / h.frame_rate if h.frame_rate > 0 else 0.0
 
     def describe(r) -> str:
         h = r.header
@@ -238,7 +295,7 @@ def _cmd_decode(args: argparse.Namespace) -> int:
 def format_info(path: str, header, file_size: int) -> str:
     """Human-readable description of a ``.codes`` header (used by ``codec info``)."""
     h = header
-    actual = file_size * 8 / h.duration if h.duration > 0 else float("nan")
+    actual = file_size * 8 / h.duration if h.duration > 0 else 0.0
     ch = f"{h.channels}" + (" (downmixed from %d)" % h.orig_channels if h.channels != h.orig_channels else "")
     lines = [
         f"file:         {path}",
@@ -278,7 +335,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
                 print()
             print(format_info(f, h, size))
     if args.json:
-        print(json.dumps(out if len(args.files) > 1 else (out[0] if out else None), indent=2))
+        print(json.dumps(out if len(args.files) > 1 else (out[0] if out else None), indent=2, allow_nan=False))
     return EXIT_USER_ERROR if failed else 0
 
 
@@ -313,7 +370,7 @@ def _common(p: argparse.ArgumentParser, device: bool = True) -> None:
 def build_parser(lazy: Optional[str] = None) -> argparse.ArgumentParser:
     """Build the argument parser; ``lazy`` names the one delegated subcommand whose module is imported."""
     fmt = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG, formatter_class=fmt,
         description="Neural audio codec: audio files <-> compact .codes files at a chosen bitrate.",
         epilog="examples:\n  codec encode in.wav out.codes --nq 8\n  codec decode out.codes back.wav\n"
@@ -414,8 +471,24 @@ def _subcommand(argv: Sequence[str]) -> Optional[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the CLI with ``argv`` (default ``sys.argv[1:]``) and return the exit status (0, 2 or 130)."""
+    """Run the CLI with ``argv`` (default ``sys.argv[1:]``) and return the exit status: 0, 2 (user error),
+    130 (Ctrl-C), 143 (SIGTERM) or 129 (SIGHUP)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    old_handlers = _install_signal_handlers()
+    try:
+        return _main(argv)
+    except _Terminated as exc:
+        name = {15: "SIGTERM", 1: "SIGHUP"}.get(exc.signum, f"signal {exc.signum}")
+        try:
+            print(f"\n{PROG}: terminated by {name}; no partial output was kept.", file=sys.stderr)
+        except (OSError, ValueError):  # stderr gone with the terminal (SIGHUP)
+            pass
+        return 128 + exc.signum
+    finally:
+        _restore_signal_handlers(old_handlers)
+
+
+def _main(argv: List[str]) -> int:
     try:
         cmd = _subcommand(argv)
         lazy = cmd if cmd in ("bench", *_LAZY) else None
@@ -427,9 +500,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 args = parse_train_args(parser, argv)
             else:
                 args = parser.parse_args(argv)
-        except SystemExit as exc:  # argparse: -h (0) or usage error (2)
+        except SystemExit as exc:  # argparse: -h / --version (0)
             return int(exc.code) if isinstance(exc.code, int) else EXIT_USER_ERROR
         return int(args.func(args) or 0)
+    except _UsageError as exc:
+        _err(str(exc))
+        return EXIT_USER_ERROR
     except CodecError as exc:
         _err(str(exc))
         return EXIT_USER_ERROR

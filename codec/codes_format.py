@@ -44,6 +44,7 @@ __all__ = [
     "read_codes",
     "read_header",
     "trim_levels",
+    "check_code_values",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -57,6 +58,13 @@ _FIXED = struct.Struct("<8sHHIIdIBBHHHQQI32sH")
 _CRC = struct.Struct("<I")
 MAX_MODEL_NAME_BYTES = 4096
 MAX_CHANNELS = 255
+#: Bounds a reader enforces on the header (a file outside them is refused as corrupted, never allocated):
+#: model and original sample rates in Hz (the same range ``codec decode --sample-rate`` accepts) ...
+MIN_SAMPLE_RATE = 1000
+MAX_SAMPLE_RATE = 384000
+#: ... codebook entries (16-bit codes) and residual levels (the bounds of ``CodecConfig.validate``).
+MAX_CODEBOOK_SIZE = 1 << 16
+MAX_LEVELS = 64
 
 
 def bits_for(codebook_size: int) -> int:
@@ -134,7 +142,7 @@ class CodesHeader:
         return self.num_levels * self.bits_per_code * self.frame_rate * self.channels
 
     def to_dict(self) -> dict:
-        """JSON-friendly dict of the header (hash as hex) plus derived figures."""
+        """JSON-friendly dict of the header (hash as hex) plus derived figures (non-finite numbers as ``None``)."""
         d = asdict(self)
         d["weights_sha256"] = self.weights_sha256.hex()
         d.update(
@@ -144,27 +152,73 @@ class CodesHeader:
             duration=self.duration,
             bitrate=self.bitrate,
         )
-        return d
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
     # ---- (de)serialisation --------------------------------------------------
-    def validate(self) -> None:
-        """Raise :class:`CodecError` if fields are inconsistent (used on write and read)."""
-        if self.sample_rate <= 0 or self.hop_length <= 0 or self.orig_sample_rate <= 0:
-            raise CodecError("invalid .codes header: sample rates and hop length must be positive.")
-        if self.codebook_size < 2:
-            raise CodecError(f"invalid .codes header: codebook size {self.codebook_size} is below 2.")
+    def problem(self) -> Optional[str]:
+        """The first inconsistency of the fields as a sentence fragment, or ``None`` when the header is valid.
+
+        Beyond the basic checks (positive sizes, ``bits_per_code == ceil(log2(codebook_size))``) this bounds every
+        field a decoder allocates from: rates in ``[MIN_SAMPLE_RATE, MAX_SAMPLE_RATE]`` Hz, ``1 <= hop_length <=
+        sample_rate``, ``frame_rate == sample_rate / hop_length``, ``2 <= codebook_size <= MAX_CODEBOOK_SIZE``,
+        ``1 <= num_levels <= MAX_LEVELS``, ``channels`` 1 (downmixed) or ``orig_channels`` (kept), and
+        ``1 <= orig_length`` with ``orig_length`` at the model rate at most ``num_frames * hop_length`` (+1 for
+        resampler rounding): the decoded length is bounded by the codes actually stored (no decompression bomb).
+        """
+        def is_int(v) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        for name in ("sample_rate", "hop_length", "codebook_size", "bits_per_code", "channels", "orig_channels",
+                     "num_levels", "num_frames", "orig_length", "orig_sample_rate", "version"):
+            if not is_int(getattr(self, name)):
+                return f"{name} must be an integer"
+        if not isinstance(self.frame_rate, (int, float)) or isinstance(self.frame_rate, bool):
+            return "frame_rate must be a number"
+        lo, hi = MIN_SAMPLE_RATE, MAX_SAMPLE_RATE
+        if not lo <= self.sample_rate <= hi:
+            return f"the model sample rate {self.sample_rate} Hz is outside {lo} to {hi} Hz"
+        if not lo <= self.orig_sample_rate <= hi:
+            return f"the original sample rate {self.orig_sample_rate} Hz is outside {lo} to {hi} Hz"
+        if not 1 <= self.hop_length <= self.sample_rate:
+            return f"the hop length {self.hop_length} is outside 1 to {self.sample_rate} samples"
+        expected_rate = self.sample_rate / self.hop_length
+        if not math.isfinite(self.frame_rate) or abs(self.frame_rate - expected_rate) > 1e-9 * expected_rate:
+            return (f"the frame rate {self.frame_rate!r} is not sample_rate / hop_length = "
+                    f"{self.sample_rate} / {self.hop_length}")
+        if not 2 <= self.codebook_size <= MAX_CODEBOOK_SIZE:
+            return f"the codebook size {self.codebook_size} is outside 2 to {MAX_CODEBOOK_SIZE}"
         if self.bits_per_code != bits_for(self.codebook_size):
-            raise CodecError(
-                f"invalid .codes header: {self.bits_per_code} bits per code does not match codebook size {self.codebook_size}."
-            )
-        if not 1 <= self.channels <= MAX_CHANNELS or self.orig_channels < 1:
-            raise CodecError(f"invalid .codes header: {self.channels} channels is out of range.")
-        if self.num_levels < 1:
-            raise CodecError("invalid .codes header: the number of levels must be at least 1.")
-        if len(self.weights_sha256) != 32:
-            raise CodecError("invalid .codes header: the weights hash must be 32 bytes.")
-        if len(self.model_name.encode("utf-8")) > MAX_MODEL_NAME_BYTES:
-            raise CodecError(f"invalid .codes header: the model name is longer than {MAX_MODEL_NAME_BYTES} bytes.")
+            return f"{self.bits_per_code} bits per code does not match codebook size {self.codebook_size}"
+        if not 1 <= self.orig_channels <= 0xFFFF:
+            return f"{self.orig_channels} original channels is out of range"
+        if not 1 <= self.channels <= MAX_CHANNELS or self.channels not in (1, self.orig_channels):
+            return (f"{self.channels} code streams is neither 1 (downmixed) nor the {self.orig_channels} "
+                    "original channels")
+        if not 1 <= self.num_levels <= MAX_LEVELS:
+            return f"{self.num_levels} levels is outside 1 to {MAX_LEVELS}"
+        if not 0 <= self.num_frames < 1 << 64:
+            return f"{self.num_frames} frames is out of range"
+        if not 1 <= self.orig_length < 1 << 64:
+            return f"the original length {self.orig_length} samples is out of range"
+        # orig_length at the model rate must fit in the frames stored (exact rational arithmetic)
+        if self.orig_length * self.sample_rate > (self.num_frames * self.hop_length + 1) * self.orig_sample_rate:
+            return (f"the original length {self.orig_length} samples at {self.orig_sample_rate} Hz is longer than "
+                    f"the {self.num_frames} frames stored")
+        if not isinstance(self.weights_sha256, (bytes, bytearray)) or len(self.weights_sha256) != 32:
+            return "the weights hash must be 32 bytes"
+        if not isinstance(self.model_name, str):
+            return "the model name must be a string"
+        if len(self.model_name.encode("utf-8", "surrogatepass")) > MAX_MODEL_NAME_BYTES:
+            return f"the model name is longer than {MAX_MODEL_NAME_BYTES} bytes"
+        if any(ord(ch) < 32 or 127 <= ord(ch) < 160 or 0xD800 <= ord(ch) < 0xE000 for ch in self.model_name):
+            return "the model name contains control characters"
+        return None
+
+    def validate(self) -> None:
+        """Raise :class:`CodecError` if fields are inconsistent or out of bounds (used on write and read)."""
+        why = self.problem()
+        if why is not None:
+            raise CodecError(f"invalid .codes header: {why}.")
 
     def pack(self) -> bytes:
         """Serialise the header (fixed part + model name) to bytes."""
@@ -203,10 +257,9 @@ class CodesHeader:
         hdr = cls(sample_rate=sr, hop_length=hop, frame_rate=frame_rate, codebook_size=cb, bits_per_code=bits,
                   channels=ch, orig_channels=och, num_levels=nq, num_frames=frames, orig_length=orig_len,
                   orig_sample_rate=orig_sr, weights_sha256=bytes(sha), model_name=name, version=version)
-        try:
-            hdr.validate()
-        except CodecError:
-            raise CodecError(f"'{source}' is corrupted (inconsistent header fields).") from None
+        why = hdr.problem()
+        if why is not None:
+            raise CodecError(f"'{source}' is corrupted (inconsistent header fields): {why}.")
         return hdr
 
 
@@ -306,6 +359,26 @@ def _check_integrity(buf: bytes, source: str) -> CodesHeader:
     return hdr
 
 
+def check_code_values(buf: bytes, hdr: CodesHeader, source: str = "input") -> None:
+    """Raise :class:`CodecError` if a code of the (integrity-checked) ``buf`` is ``>= codebook_size``.
+
+    Scans the payload level by level in chunks (memory bounded); free when the codebook size is a power of two.
+    """
+    if hdr.codebook_size >= 1 << hdr.bits_per_code:
+        return
+    count = hdr.channels * hdr.num_frames
+    step = 1 << 18
+    for lvl in range(hdr.num_levels):
+        base = hdr.header_size + lvl * hdr.level_bytes
+        for i in range(0, count, step):
+            n = min(step, count - i)
+            b0 = base + i * hdr.bits_per_code // 8  # i * bits is a multiple of 8 (step * bits is)
+            b1 = base + (i * hdr.bits_per_code + n * hdr.bits_per_code + 7) // 8
+            vals = unpack_codes(bytes(buf[b0:b1]), n, hdr.bits_per_code)
+            if vals.size and int(vals.max()) >= hdr.codebook_size:
+                raise CodecError(f"'{source}' is corrupted (a code exceeds the codebook size {hdr.codebook_size}).")
+
+
 def decode_bytes(buf: bytes, source: str = "input") -> CodesFile:
     """Parse and verify ``.codes`` bytes (magic, version, size, CRC) -> :class:`CodesFile`."""
     hdr = _check_integrity(buf, source)
@@ -339,10 +412,13 @@ def read_codes(path: PathLike) -> CodesFile:
 
 
 def read_header(path: PathLike, verify: bool = True) -> CodesHeader:
-    """Read the header of a ``.codes`` file; with ``verify`` also check size and CRC."""
+    """Read the header of a ``.codes`` file; with ``verify`` also check size, CRC and that every code is
+    ``< codebook_size``."""
     buf = _read_file(path)
     if verify:
-        return _check_integrity(buf, str(path))
+        hdr = _check_integrity(buf, str(path))
+        check_code_values(buf, hdr, str(path))
+        return hdr
     return CodesHeader.unpack(buf, str(path))
 
 
@@ -362,6 +438,7 @@ def write_codes(path: PathLike, header: CodesHeader, codes: np.ndarray) -> None:
 def trim_bytes(buf: bytes, nq: int, source: str = "input") -> bytes:
     """Return ``.codes`` bytes keeping only the first ``nq`` levels (payload truncation + new header/CRC)."""
     hdr = _check_integrity(buf, source)
+    check_code_values(buf, hdr, source)
     if not 1 <= nq <= hdr.num_levels:
         raise CodecError(f"--nq {nq} is out of range: '{source}' stores levels 1 to {hdr.num_levels}.")
     old_header_size = hdr.header_size

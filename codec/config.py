@@ -106,32 +106,46 @@ class CodecConfig:
         return 1000.0 * (self.hop_length + self.decoder_delay) / self.sample_rate
 
     def validate(self) -> None:
-        """Raise ValueError with one sentence if a value is out of range."""
+        """Raise ValueError with one sentence if a value has the wrong type or is out of range.
+
+        Every size is bounded (see :data:`LIMITS`) so that no config can make the model allocate without limit
+        (``codec.load`` also bounds the total parameter count before building the model)."""
         def req(cond: bool, msg: str) -> None:
             if not cond:
                 raise ValueError(msg)
 
-        req(isinstance(self.sample_rate, int) and self.sample_rate > 0, "sample_rate must be a positive integer")
+        def is_int(v) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_num(v) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        for name, (lo, hi) in LIMITS.items():
+            v = getattr(self, name)
+            req(is_int(v), f"{name} must be an integer, got {v!r}")
+            req(lo <= v <= hi, f"{name} must be in {lo}..{hi}, got {v}")
+        for name, (lo, hi, max_len) in LIST_LIMITS.items():
+            v = getattr(self, name)
+            req(isinstance(v, tuple) and len(v) <= max_len and all(is_int(x) for x in v),
+                f"{name} must be a list of at most {max_len} integers")
+            req(all(lo <= x <= hi for x in v), f"every entry of {name} must be in {lo}..{hi}")
+        for name in ("quantizer_dropout", "decay", "threshold_ema_dead_code", "commitment_weight", "codebook_weight"):
+            req(is_num(getattr(self, name)) and getattr(self, name) >= 0, f"{name} must be a finite number >= 0")
+        for name in ("use_ema", "kmeans_init"):
+            req(isinstance(getattr(self, name), bool), f"{name} must be true or false")
         req(self.channels == 1, "channels must be 1 (the model is mono; multi-channel input is downmixed)")
-        req(len(self.strides) >= 1 and all(s >= 1 for s in self.strides), "strides must be positive integers")
-        req(self.base_channels >= 1 and self.max_channels >= self.base_channels, "bad base_channels/max_channels")
-        req(self.latent_dim >= 1, "latent_dim must be >= 1")
-        req(len(self.dilations) >= 0 and all(d >= 1 for d in self.dilations), "dilations must be >= 1")
-        req(self.residual_kernel_size >= 1 and self.kernel_size >= 1 and self.last_kernel_size >= 1,
-            "kernel sizes must be >= 1")
-        req(self.compress >= 1, "compress must be >= 1")
+        req(len(self.strides) >= 1, "strides must be positive integers")
+        req(self.hop_length <= min(MAX_HOP, self.sample_rate),
+            f"the hop length (product of strides) must be at most {MAX_HOP} and at most sample_rate")
+        req(self.max_channels >= self.base_channels, "bad base_channels/max_channels")
         req(self.activation in ("elu", "snake"), "activation must be 'elu' or 'snake'")
-        req(self.num_quantizers >= 1 and self.codebook_size >= 2 and self.codebook_dim >= 1,
-            "quantizer sizes must be positive")
-        req(self.rvq_dim >= 0, "rvq_dim must be >= 0")
         req(0.0 <= self.quantizer_dropout <= 1.0, "quantizer_dropout must be in [0, 1]")
+        req(self.decay <= 1.0, "decay must be in [0, 1]")
         req(self.encoder_type in ("seanet", "fourier") and self.decoder_type in ("seanet", "fourier"),
             "encoder_type and decoder_type must be 'seanet' or 'fourier'")
         req(self.n_fft >= self.hop_length and self.n_fft % self.hop_length == 0
             and (self.decoder_type != "fourier" or self.n_fft >= 3 * self.hop_length),
             "n_fft must be a multiple of the hop length (at least 3 hops for the Fourier decoder)")
-        req(self.fourier_dim >= 1 and self.fourier_mlp >= 1 and self.fourier_kernel >= 1
-            and self.encoder_layers >= 0 and self.decoder_layers >= 0, "Fourier layer sizes must be positive")
 
     # ------------------------------------------------------------------ io
     def to_dict(self) -> Dict[str, Any]:
@@ -173,6 +187,33 @@ class CodecConfig:
         d.update(overrides)
         return cls.from_dict(d)
 
+
+#: Inclusive bounds of the integer fields checked by :meth:`CodecConfig.validate` (sizes a model allocates from).
+LIMITS: Dict[str, Tuple[int, int]] = {
+    "sample_rate": (1000, 384000),
+    "channels": (1, 1),
+    "base_channels": (1, 4096),
+    "max_channels": (1, 4096),
+    "latent_dim": (1, 4096),
+    "residual_kernel_size": (1, 255),
+    "compress": (1, 64),
+    "kernel_size": (1, 255),
+    "last_kernel_size": (1, 255),
+    "num_quantizers": (1, 64),
+    "codebook_size": (2, 65536),
+    "codebook_dim": (1, 4096),
+    "rvq_dim": (0, 4096),
+    "n_fft": (1, 8192),
+    "fourier_dim": (1, 4096),
+    "fourier_mlp": (1, 16),
+    "fourier_kernel": (1, 255),
+    "encoder_layers": (0, 64),
+    "decoder_layers": (0, 64),
+}
+#: ``(min entry, max entry, max length)`` of the list fields.
+LIST_LIMITS: Dict[str, Tuple[int, int, int]] = {"strides": (1, 64, 8), "dilations": (1, 1024, 8)}
+#: Largest hop length (product of the strides).
+MAX_HOP = 8192
 
 PRESETS: Dict[str, Dict[str, Any]] = {
     "24khz": {},

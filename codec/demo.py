@@ -102,12 +102,14 @@ def format_demo_table(rows: List[Dict[str, object]]) -> str:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Entry point of ``codec demo`` (see :mod:`codec.demo`)."""
-    from .transcode import _pretrained_dir, resolve_model
+    from .pretrained import search_dirs
+    from .transcode import resolve_model
 
     if args.samples:
         samples = [Path(s) for s in args.samples]
-    else:
-        sdir = _pretrained_dir() / "samples"
+    else:  # the first pretrained directory with samples ($CODEC_PRETRAINED_DIR, then <repo>/pretrained)
+        dirs = [d / "samples" for d in search_dirs()]
+        sdir = next((d for d in dirs if any(d.glob("*.wav"))), dirs[-1])
         samples = sorted(sdir.glob("*.wav"))
         if not samples:
             raise CodecError(f"no sample found: '{sdir}' has no .wav files; pass --samples FILE.")

@@ -6,17 +6,30 @@ Layout of a model directory::
     model.safetensors   state_dict tensors (weight norm stored as parameters weight_v / weight_g)
     README.md           model card (written by others; save_pretrained never overwrites it)
 
-``load(path_or_name)`` accepts a directory or a name resolved to ``$CODEC_PRETRAINED_DIR/<name>`` (if the
-variable is set) and then ``<repo>/pretrained/<name>``.  Any problem raises :class:`codec.errors.CodecError`
-with one sentence.  ``model.weights_hash`` = first 16 hex digits of the sha256 of ``model.safetensors``.
+**Names and paths.**  This module holds the one resolver every part of codec uses (``codec.load``, the
+CLI's ``--model`` and the model named in a ``.codes`` file, ``codec eval``, ``codec bench``, ``codec demo``
+and the trainer's ``model.init_from``): a *name* is a string without a path separator (``speech-24k``) and is
+looked up only in ``$CODEC_PRETRAINED_DIR/<name>`` (if the variable is set) and then in
+``<repo>/pretrained/<name>`` -- never in the current directory; a *path* (anything with a ``/``, ``~``,
+``.``/``..``, or an ``os.PathLike``) is used as given.  A folder named like a pretrained model in the current
+directory is therefore loaded only as ``./speech-24k``.
+
+``load(path_or_name)`` refuses (:class:`codec.errors.CodecError`, one sentence) every bad model directory:
+missing files, bad JSON, unknown, mistyped or out-of-bounds config fields, a model larger than
+:data:`MAX_PARAMETERS`, unreadable weights, missing / unexpected / mis-shaped tensors and tensors of another
+dtype than the model's (float16 / bfloat16 weights are accepted and upcast to float32).  The model size is
+bounded from the config before the model is built, and shapes and dtypes are checked against the safetensors
+header before the weights are read.
+``model.weights_hash`` = first 16 hex digits of the sha256 of ``model.safetensors``.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
-from typing import Optional, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 
@@ -25,34 +38,88 @@ from .errors import CodecError
 FORMAT = "codec-model-1"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+DEFAULT_MODEL = "speech-24k"
+#: Largest model ``load`` builds (elements of the state_dict: 2**28 float32 = 1 GiB).
+MAX_PARAMETERS = 1 << 28
+#: Largest config.json read (bytes).
+MAX_CONFIG_BYTES = 1 << 20
 PathLike = Union[str, os.PathLike]
 
+__all__ = ["FORMAT", "DEFAULT_MODEL", "MAX_PARAMETERS", "pretrained_dir", "search_dirs", "is_model_name",
+           "resolve", "locate", "estimated_elements", "file_hash", "save_pretrained", "load_config", "load"]
 
-def pretrained_dir() -> Path:
-    """Directory holding named models: ``$CODEC_PRETRAINED_DIR`` or ``<repo>/pretrained``."""
-    env = os.environ.get("CODEC_PRETRAINED_DIR")
-    if env:
-        return Path(env)
+
+def repo_pretrained_dir() -> Path:
+    """``<repo>/pretrained`` (the models and samples shipped with codec)."""
     return Path(__file__).resolve().parent.parent / "pretrained"
 
 
-def resolve(path_or_name: PathLike) -> Path:
-    """Directory of a model given a path or a name (see module docstring); CodecError if not found."""
+def search_dirs() -> List[Path]:
+    """Where names are looked up, in order: ``$CODEC_PRETRAINED_DIR`` (when set) then ``<repo>/pretrained``."""
+    dirs: List[Path] = []
+    env = os.environ.get("CODEC_PRETRAINED_DIR")
+    if env:
+        dirs.append(Path(env).expanduser())
+    repo = repo_pretrained_dir()
+    if all(d != repo for d in dirs):
+        dirs.append(repo)
+    return dirs
+
+
+def pretrained_dir() -> Path:
+    """The first directory names are looked up in (``$CODEC_PRETRAINED_DIR`` or ``<repo>/pretrained``)."""
+    return search_dirs()[0]
+
+
+def is_model_name(spec: Optional[PathLike]) -> bool:
+    """True if ``spec`` is a pretrained model *name* (a ``str`` without a path separator), not a path."""
+    if not isinstance(spec, str) or not spec:
+        return False
+    seps = {"/", os.sep} | ({os.altsep} if os.altsep else set())
+    return not any(sep in spec for sep in seps) and spec not in (".", "..") and not spec.startswith("~")
+
+
+def _looked_in() -> str:
+    return " and ".join(f"'{d}'" for d in search_dirs())
+
+
+def resolve(path_or_name: Optional[PathLike] = None) -> Path:
+    """Directory of a model given a path or a name (see the module docstring; ``None`` = :data:`DEFAULT_MODEL`).
+
+    Raises :class:`CodecError` (one sentence) if there is no such model."""
+    if path_or_name is None:
+        for d in search_dirs():
+            if (d / DEFAULT_MODEL).is_dir():
+                return d / DEFAULT_MODEL
+        raise CodecError(f"the default model '{DEFAULT_MODEL}' is not installed in pretrained/ yet; "
+                         "pass --model DIR (a directory written by save_pretrained).")
+    if isinstance(path_or_name, str) and not path_or_name.strip():
+        raise CodecError("the model name is empty.")
+    if is_model_name(path_or_name):
+        name = str(path_or_name)
+        for d in search_dirs():
+            if (d / name).is_dir():
+                return d / name
+        hint = f" (a directory is given as a path, e.g. './{name}')" if Path(name).is_dir() else ""
+        raise CodecError(f"model '{name}' is neither a directory path nor a pretrained model name "
+                         f"in {_looked_in()}{hint}.")
     p = Path(path_or_name).expanduser()
     if p.is_dir():
         return p
-    name = str(path_or_name)
-    if "/" not in name and os.sep not in name:
-        cands = []
-        env = os.environ.get("CODEC_PRETRAINED_DIR")
-        if env:
-            cands.append(Path(env) / name)
-        cands.append(Path(__file__).resolve().parent.parent / "pretrained" / name)
-        for c in cands:
-            if c.is_dir():
-                return c
-        raise CodecError(f"model '{name}' is neither a directory nor a pretrained model name.")
-    raise CodecError(f"model directory '{name}' does not exist.")
+    if p.exists():
+        raise CodecError(f"model path '{path_or_name}' is not a directory.")
+    raise CodecError(f"model directory '{path_or_name}' does not exist.")
+
+
+def locate(path_or_name: Optional[PathLike] = None) -> Tuple[Path, str]:
+    """``(directory, label)`` of a model: the label is the name for pretrained names (``None``: the default
+    model) and the absolute directory for paths (what ``codec encode`` stores in ``.codes`` files)."""
+    d = resolve(path_or_name)
+    if path_or_name is None:
+        return d, DEFAULT_MODEL
+    if is_model_name(path_or_name):
+        return d, str(path_or_name)
+    return d, str(d.resolve())
 
 
 def file_hash(path: PathLike) -> str:
@@ -89,8 +156,44 @@ def save_pretrained(model, directory: PathLike) -> str:
     return h
 
 
+def _check_config_types(raw: Dict, f: Path) -> None:
+    """Refuse JSON values of the wrong type before ``CodecConfig`` converts anything (``1024.5``, ``true``, ...)."""
+    import dataclasses
+
+    from .config import CodecConfig
+
+    def bad(name: str, what: str, value) -> CodecError:
+        text = json.dumps(value, allow_nan=True)
+        text = text if len(text) <= 40 else text[:37] + "..."
+        return CodecError(f"'{f}' is not a valid model config: {name} must be {what}, got {text}.")
+
+    def is_int(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    for fld in dataclasses.fields(CodecConfig):
+        if fld.name not in raw:
+            continue
+        v, default = raw[fld.name], fld.default
+        if isinstance(default, bool):
+            if not isinstance(v, bool):
+                raise bad(fld.name, "true or false", v)
+        elif isinstance(default, int):
+            if not is_int(v):
+                raise bad(fld.name, "an integer", v)
+        elif isinstance(default, float):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise bad(fld.name, "a finite number", v)
+        elif isinstance(default, str):
+            if not isinstance(v, str):
+                raise bad(fld.name, "a string", v)
+        elif isinstance(default, tuple) or fld.name in ("strides", "dilations"):
+            if not isinstance(v, list) or len(v) > 64 or not all(is_int(x) for x in v):
+                raise bad(fld.name, "a list of integers", v)
+
+
 def load_config(directory: PathLike):
-    """CodecConfig from ``directory/config.json`` (CodecError on any problem)."""
+    """CodecConfig from ``directory/config.json`` (CodecError on any problem: bad JSON, unknown or mistyped
+    fields, values out of the bounds of ``CodecConfig.validate``)."""
     from .config import CodecConfig
 
     d = Path(directory)
@@ -98,25 +201,137 @@ def load_config(directory: PathLike):
     if not f.is_file():
         raise CodecError(f"model directory '{d}' has no {CONFIG_NAME}.")
     try:
-        raw = json.loads(f.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CodecError(f"'{f}' is not valid JSON ({str(exc).splitlines()[0]}).") from None
+        size = f.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise CodecError(f"'{f}' is too large for a model config ({size} bytes, at most {MAX_CONFIG_BYTES}).")
+        text = f.read_bytes().decode("utf-8")
+
+        def no_constants(name: str):
+            raise ValueError(f"{name} is not a JSON number")
+
+        raw = json.loads(text, parse_constant=no_constants)
+    except CodecError:
+        raise
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CodecError(f"'{f}' is not valid JSON ({first.rstrip('.')}).") from None
     if not isinstance(raw, dict):
         raise CodecError(f"'{f}' must contain a JSON object.")
     fmt = raw.pop("format", FORMAT)
     if fmt != FORMAT:
-        raise CodecError(f"'{f}' has unsupported format '{fmt}' (expected '{FORMAT}').")
+        shown = fmt if isinstance(fmt, str) and len(fmt) <= 40 and fmt.isprintable() else "?"
+        raise CodecError(f"'{f}' has unsupported format '{shown}' (expected '{FORMAT}').")
+    unknown = sorted(set(raw) - set(CodecConfig.field_names()))
+    if unknown:
+        names = ", ".join(repr(u)[1:-1][:40] for u in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        raise CodecError(f"'{f}' is not a valid model config: unknown config field(s): {names}.")
+    _check_config_types(raw, f)
     try:
         return CodecConfig.from_dict(raw)
-    except (ValueError, TypeError) as exc:
-        raise CodecError(f"'{f}' is not a valid model config: {str(exc).rstrip('.')}.") from None
+    except (ValueError, TypeError, OverflowError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CodecError(f"'{f}' is not a valid model config: {msg.rstrip('.')}.") from None
 
 
-def load(path_or_name: PathLike, device: Optional[Union[str, torch.device]] = None):
+_ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+              "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+def _stored_tensors(wf: Path) -> Dict[str, Tuple[str, Tuple[int, ...]]]:
+    """``{name: (dtype name, shape)}`` from the safetensors header (nothing is loaded)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(wf), framework="pt", device="cpu") as fh:
+            out = {}
+            for k in fh.keys():
+                sl = fh.get_slice(k)
+                dt = str(sl.get_dtype())
+                out[k] = (_ST_DTYPES.get(dt, dt.lower()), tuple(int(n) for n in sl.get_shape()))
+            return out
+    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "corrupt"
+        raise CodecError(f"cannot read weights '{wf}' ({first.rstrip('.')}).") from None
+
+
+def estimated_elements(cfg) -> int:
+    """Tensor elements (parameters and buffers, persistent or not) of the model ``cfg`` describes, computed from
+    the config alone (nothing is built): what :func:`load` bounds by :data:`MAX_PARAMETERS` before allocating.
+
+    An estimate of the structure in :mod:`codec.model`, :mod:`codec.nn.fourier` and :mod:`codec.quantization`
+    (weight-normed convs count weight + gain + bias; snake activations one parameter per channel);
+    ``tests/test_hostile_inputs.py`` keeps it within a small factor of the real count."""
+    ch = [min(cfg.base_channels * 2 ** i, cfg.max_channels) for i in range(len(cfg.strides) + 1)]
+    act = 1 if cfg.activation == "snake" else 0
+
+    def conv(cin: int, cout: int, k: int) -> int:
+        return cin * cout * k + 2 * cout
+
+    def res_units(c: int) -> int:
+        h = max(1, c // cfg.compress)
+        return len(cfg.dilations) * (conv(c, h, cfg.residual_kernel_size) + conv(h, c, 1) + act * (c + h))
+
+    def blocks(layers: int) -> int:
+        d, hid = cfg.fourier_dim, cfg.fourier_dim * cfg.fourier_mlp
+        return layers * (cfg.fourier_kernel * d + 5 * d + 2 * d * hid + hid)
+
+    bins = cfg.n_fft // 2 + 1
+    n = 0
+    if cfg.encoder_type == "seanet":
+        n += conv(cfg.channels, ch[0], cfg.kernel_size) + conv(ch[-1], cfg.latent_dim, cfg.last_kernel_size)
+        n += sum(res_units(ch[i]) + conv(ch[i], ch[i + 1], 2 * s) + act * ch[i] for i, s in enumerate(cfg.strides))
+    else:
+        n += 2 * cfg.n_fft * bins + 3 * bins * cfg.fourier_dim + blocks(cfg.encoder_layers)
+        n += cfg.fourier_dim * (cfg.latent_dim + 3)
+    if cfg.decoder_type == "seanet":
+        n += conv(cfg.latent_dim, ch[-1], cfg.kernel_size) + conv(ch[0], cfg.channels, cfg.last_kernel_size)
+        n += sum(res_units(ch[i]) + conv(ch[i + 1], ch[i], 2 * s) + act * ch[i + 1] for i, s in enumerate(cfg.strides))
+    else:
+        n += cfg.latent_dim * cfg.fourier_dim + blocks(cfg.decoder_layers) + 2 * cfg.fourier_dim
+        n += (cfg.fourier_dim + 1) * 2 * bins + cfg.n_fft
+    rvq = cfg.rvq_dim or cfg.latent_dim
+    n += 2 * cfg.latent_dim * rvq if rvq != cfg.latent_dim else 0
+    per_level = cfg.codebook_size * (2 * cfg.codebook_dim + 1) + 1
+    per_level += 2 * rvq * cfg.codebook_dim + rvq + cfg.codebook_dim if cfg.codebook_dim != rvq else 0
+    return int(n + cfg.num_quantizers * per_level)
+
+
+def _check_size(cfg, f: Path) -> None:
+    total = estimated_elements(cfg)
+    if total > MAX_PARAMETERS:
+        raise CodecError(f"'{f}' describes a model of about {total:,} parameters, above the limit of "
+                         f"{MAX_PARAMETERS:,}.")
+
+
+#: stored dtypes accepted for each model dtype (half precision is upcast on load)
+_ACCEPTED = {"float32": ("float32", "float16", "bfloat16")}
+
+
+def _compare(wf: Path, own: Dict[str, Tuple[str, Tuple[int, ...]]], stored: Dict[str, Tuple[str, Tuple[int, ...]]]):
+    missing = sorted(set(own) - set(stored))
+    unexpected = sorted(set(stored) - set(own))
+    if missing:
+        raise CodecError(f"weights '{wf}' do not match config.json: {len(missing)} tensor(s) missing "
+                         f"(e.g. '{missing[0]}').")
+    if unexpected:
+        shown = repr(unexpected[0])[1:-1][:80]
+        raise CodecError(f"weights '{wf}' do not match config.json: {len(unexpected)} unexpected tensor(s) "
+                         f"(e.g. '{shown}').")
+    for k, (dt, shape) in own.items():
+        sdt, sshape = stored[k]
+        if sshape != shape:
+            raise CodecError(f"weights '{wf}' do not match config.json: tensor '{k}' has shape "
+                             f"{sshape}, expected {shape}.")
+        if sdt not in _ACCEPTED.get(dt, (dt,)):
+            raise CodecError(f"weights '{wf}' do not match config.json: tensor '{k}' is stored as {sdt}, "
+                             f"expected {dt}.")
+
+
+def load(path_or_name: Optional[PathLike], device: Optional[Union[str, torch.device]] = None):
     """Load a model directory or pretrained name -> CodecModel in eval mode on ``device`` (default CPU).
 
-    Refuses (CodecError, one sentence) a missing directory, missing files, bad JSON, unknown config fields,
-    unreadable weights and missing / unexpected / mis-shaped tensors."""
+    Refuses (CodecError, one sentence) every bad model directory (see the module docstring); names and paths
+    are resolved by :func:`resolve`.  Sets ``model.weights_hash`` and ``model.model_dir``."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -127,28 +342,35 @@ def load(path_or_name: PathLike, device: Optional[Union[str, torch.device]] = No
     wf = d / WEIGHTS_NAME
     if not wf.is_file():
         raise CodecError(f"model directory '{d}' has no {WEIGHTS_NAME}.")
+    stored = _stored_tensors(wf)  # header only: names, dtypes, shapes
+    _check_size(cfg, d / CONFIG_NAME)  # before anything is allocated
+    try:
+        model = CodecModel(cfg)
+    except (ValueError, TypeError, RuntimeError, ZeroDivisionError, OverflowError, MemoryError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CodecError(f"cannot build the model described by '{d / CONFIG_NAME}' ({first.rstrip('.')}).") from None
+    own = {k: (str(v.dtype).replace("torch.", ""), tuple(v.shape)) for k, v in model.state_dict().items()}
+    _compare(wf, own, stored)  # before the weights are read
     try:
         sd = load_file(str(wf), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CodecError(f"cannot read weights '{wf}' ({str(exc).splitlines()[0] if str(exc) else 'corrupt'}).") \
             from None
-    model = CodecModel(cfg)
-    own = model.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    if missing:
-        raise CodecError(f"weights '{wf}' do not match config.json: {len(missing)} tensor(s) missing "
-                         f"(e.g. '{missing[0]}').")
-    if unexpected:
-        raise CodecError(f"weights '{wf}' do not match config.json: {len(unexpected)} unexpected tensor(s) "
-                         f"(e.g. '{unexpected[0]}').")
-    for k, v in own.items():
-        if tuple(sd[k].shape) != tuple(v.shape):
-            raise CodecError(f"weights '{wf}' do not match config.json: tensor '{k}' has shape "
-                             f"{tuple(sd[k].shape)}, expected {tuple(v.shape)}.")
-    model.load_state_dict(sd, strict=True)
+    for k, v in sd.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise CodecError(f"weights '{wf}' are corrupted: tensor '{k}' contains NaN or infinite values.")
+    try:
+        model.load_state_dict(sd, strict=True)
+    except (RuntimeError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CodecError(f"weights '{wf}' do not match config.json ({first.rstrip('.:')}).") from None
     model.eval()
     if device is not None:
-        model = model.to(device)
+        try:
+            model = model.to(device)
+        except (RuntimeError, ValueError, TypeError, AssertionError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise CodecError(f"cannot move the model to device '{device}' ({first.rstrip('.')}).") from None
     model.weights_hash = file_hash(wf)
+    model.model_dir = str(d.resolve())
     return model

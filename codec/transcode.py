@@ -30,7 +30,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .audio import AudioReader, atomic_output
-from .codes_format import CodesFile, CodesHeader, bits_for, read_codes, write_codes
+from .codes_format import (MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, CodesFile, CodesHeader, bits_for, read_codes,
+                           write_codes)
 from .errors import CodecError
 
 __all__ = [
@@ -88,51 +89,33 @@ def model_fingerprint(model) -> bytes:
 
 
 def _pretrained_dir() -> Path:
-    try:
-        from . import pretrained as _pre
+    """Kept for callers of older versions: the first directory pretrained names are looked up in."""
+    from .pretrained import pretrained_dir
 
-        for attr in ("PRETRAINED_DIR", "pretrained_dir", "PRETRAINED_ROOT"):
-            val = getattr(_pre, attr, None)
-            if val is not None:
-                return Path(val() if callable(val) else val)
-    except Exception:
-        pass
-    return Path(__file__).resolve().parent.parent / "pretrained"
+    return pretrained_dir()
 
 
 def resolve_model(spec: Optional[str] = None, device: Optional[str] = None) -> Tuple[object, str]:
     """Load a model by directory or pretrained name -> ``(model in eval mode, name to store in .codes)``.
 
-    ``spec=None`` means the default shipped model :data:`DEFAULT_MODEL`.  Directories are stored by
-    absolute path, pretrained names by name.  Raises :class:`CodecError` with one sentence if missing.
+    ``spec=None`` means the default shipped model :data:`DEFAULT_MODEL`.  Names and paths are resolved by
+    :func:`codec.pretrained.locate` (the one resolver of codec): names only in ``$CODEC_PRETRAINED_DIR`` then
+    ``<repo>/pretrained``, paths as given.  Directories are stored by absolute path, names by name.
+    Raises :class:`CodecError` with one sentence if missing or invalid.
     """
-    name = spec or DEFAULT_MODEL
-    p = Path(name).expanduser()
-    is_dir = p.is_dir()
-    if not is_dir and ("/" in name or os.sep in name or p.exists()):
-        raise CodecError(f"model directory '{name}' does not exist.")
-    if not is_dir and not (_pretrained_dir() / name).is_dir():
-        if spec is None:
-            raise CodecError(
-                f"the default model '{DEFAULT_MODEL}' is not installed in pretrained/ yet; "
-                "pass --model DIR (a directory written by save_pretrained)."
-            )
-        raise CodecError(f"model '{name}' is neither a directory nor a model in pretrained/.")
     try:
-        import torch
-
-        from .pretrained import load
+        from .pretrained import load, locate
     except ImportError as exc:  # pragma: no cover - during parallel development
         raise CodecError(f"the model code is not available ({exc}).") from exc
+    directory, stored = locate(spec)
     try:
-        model = load(str(p) if is_dir else name, device=device)
+        model = load(directory, device=device)
     except CodecError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CodecError(f"cannot load model '{name}': {msg.rstrip('.')}.") from exc
+        raise CodecError(f"cannot load model '{stored}': {msg.rstrip('.')}.") from exc
     model.eval()
-    stored = str(p.resolve()) if is_dir else name
     return model, stored
 
 
@@ -239,6 +222,11 @@ class _EncState:
         if self.reader.frames == 0:
             self.reader.close()
             raise CodecError(f"'{job.src}' contains no audio samples.")
+        if not MIN_SAMPLE_RATE <= self.reader.sample_rate <= MAX_SAMPLE_RATE:
+            sr = self.reader.sample_rate
+            self.reader.close()
+            raise CodecError(f"'{job.src}' has sample rate {sr} Hz; codec supports {MIN_SAMPLE_RATE} to "
+                             f"{MAX_SAMPLE_RATE} Hz.")
         self.in_channels = c
         self.streams = c if keep_channels else 1
         self.in_sr = self.reader.sample_rate
@@ -512,19 +500,46 @@ def encode_file(model, model_name: str, src: PathLike, dst: PathLike, nq: int, k
 
 _SF_FORMATS = {".wav": ("WAV", "PCM_16"), ".flac": ("FLAC", "PCM_16"), ".ogg": ("OGG", "VORBIS"),
                ".aiff": ("AIFF", "PCM_16"), ".aif": ("AIFF", "PCM_16")}
+#: What each output format can take: (max sample rate in Hz, max channels).  libvorbis crashes the process
+#: (SIGSEGV) above ~200 kHz and FLAC holds at most 8 channels, so these are checked before anything is written.
+_FORMAT_LIMITS = {".wav": (MAX_SAMPLE_RATE, 255), ".flac": (MAX_SAMPLE_RATE, 8), ".ogg": (192000, 255),
+                  ".aiff": (MAX_SAMPLE_RATE, 255), ".aif": (MAX_SAMPLE_RATE, 255)}
+
+
+def check_output_format(dst: PathLike, sample_rate: int, channels: int, source: Optional[str] = None) -> None:
+    """Raise :class:`CodecError` unless ``dst``'s format can hold ``channels`` channels at ``sample_rate`` Hz."""
+    ext = Path(dst).suffix.lower()
+    if ext not in _SF_FORMATS:
+        raise CodecError(f"cannot write '{dst}': unsupported output extension '{Path(dst).suffix}' "
+                         "(use .wav, .flac or .ogg).")
+    max_sr, max_ch = _FORMAT_LIMITS[ext]
+    if not MIN_SAMPLE_RATE <= sample_rate <= max_sr:
+        raise CodecError(f"cannot write '{dst}': {ext} output supports sample rates {MIN_SAMPLE_RATE} to {max_sr} Hz, "
+                         f"not {sample_rate} Hz (use --sample-rate or .wav).")
+    if channels > max_ch:
+        what = f"'{source}' has {channels} channels" if source else f"{channels} channels"
+        raise CodecError(f"cannot write '{dst}': {ext} output holds at most {max_ch} channels and {what} "
+                         "(use .wav).")
 
 
 def check_codes_match_model(cf_header: CodesHeader, model, source: str, model_label: str) -> None:
     """Raise :class:`CodecError` unless the ``.codes`` header was produced by ``model`` (weights hash + shape facts)."""
     fp = model_fingerprint(model)
     if cf_header.weights_sha256 != fp:
+        where = getattr(model, "model_dir", None)
+        label = f"'{model_label}'"
+        if model_label == cf_header.model_name and where:  # same name, other weights: say which directory
+            label = f"'{model_label}' in '{where}'"
         raise CodecError(
             f"'{source}' was encoded with model '{cf_header.model_name}' "
-            f"(weights {cf_header.weights_sha256.hex()[:12]}), not with '{model_label}' (weights {fp.hex()[:12]})."
+            f"(weights {cf_header.weights_sha256.hex()[:12]}), not with {label} (weights {fp.hex()[:12]})."
         )
-    sr, hop, cb, _ = _model_facts(model)
+    sr, hop, cb, max_nq = _model_facts(model)
     if (cf_header.sample_rate, cf_header.hop_length, cf_header.codebook_size) != (sr, hop, cb):
         raise CodecError(f"'{source}' does not match the model's sample rate, hop length or codebook size.")
+    if cf_header.num_levels > max_nq:
+        raise CodecError(f"'{source}' stores {cf_header.num_levels} levels, but model '{model_label}' has only "
+                         f"{max_nq}.")
 
 
 class _DecState:
@@ -542,10 +557,16 @@ class _DecState:
             None if out_sr == h.sample_rate
             else soxr.ResampleStream(h.sample_rate, out_sr, self.streams, dtype="float32", quality="HQ")
         )
+        check_output_format(job.dst, out_sr, self.streams, str(job.src))
         fmt, subtype = _SF_FORMATS[Path(job.dst).suffix.lower()]
         self.tmp = stack.enter_context(atomic_output(job.dst))
-        self.sf = stack.enter_context(sf.SoundFile(str(self.tmp), "w", samplerate=out_sr, channels=self.streams,
-                                                   format=fmt, subtype=subtype))
+        try:
+            handle = sf.SoundFile(str(self.tmp), "w", samplerate=out_sr, channels=self.streams, format=fmt,
+                                  subtype=subtype)
+        except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CodecError(f"cannot write '{job.dst}': {first.rstrip('.')}.") from None
+        self.sf = stack.enter_context(handle)
         self.written = 0
         self.slot = 0
 
@@ -566,8 +587,8 @@ class _DecState:
         if self.resampler is not None:
             tail = np.asarray(self.resampler.resample_chunk(np.zeros((0, self.streams), np.float32), last=True), np.float32)
             self._emit(tail.reshape(-1, self.streams).T)
-        if self.written < self.target:
-            self._emit(np.zeros((self.streams, self.target - self.written), np.float32))
+        while self.written < self.target:  # pad in bounded blocks
+            self._emit(np.zeros((self.streams, min(1 << 16, self.target - self.written)), np.float32))
         self.sf.close()
 
 
@@ -627,6 +648,7 @@ def decode_files(
             _check_output_dir(Path(job.dst))
             cf = read_codes(job.src)
             h = cf.header
+            check_output_format(job.dst, sample_rate or h.orig_sample_rate, h.channels, str(job.src))
             use_nq = h.num_levels if nq is None else nq
             if not 1 <= use_nq <= h.num_levels:
                 raise CodecError(f"--nq {nq} is out of range: '{job.src}' stores levels 1 to {h.num_levels}.")
@@ -699,6 +721,13 @@ def decode_files(
             except CodecError as exc:
                 for i, job, _ in batch:
                     finish(i, JobResult(job.src, job.dst, error=str(exc)))
+                continue
+            except RuntimeError as exc:
+                if type(exc).__name__ != "LibsndfileError":
+                    raise
+                msg = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else "write error"
+                for i, job, _ in batch:
+                    finish(i, JobResult(job.src, job.dst, error=f"cannot write '{job.dst}': {msg}."))
                 continue
             # ExitStack closed: temp files renamed onto their destinations
             for i, st in states:

@@ -219,9 +219,10 @@ def test_top_level_help(capsys):
 
 
 def test_default_model_missing_message(tmp_path, monkeypatch, capsys):
-    import codec.transcode as tc
+    import codec.pretrained as pre
 
-    monkeypatch.setattr(tc, "_pretrained_dir", lambda: tmp_path / "pretrained")
+    monkeypatch.delenv("CODEC_PRETRAINED_DIR", raising=False)
+    monkeypatch.setattr(pre, "repo_pretrained_dir", lambda: tmp_path / "pretrained")
     write_wav(tmp_path / "a.wav", 16000, 0.2)
     assert run("encode", tmp_path / "a.wav", tmp_path / "a.codes") == 2
     assert capsys.readouterr().err == (

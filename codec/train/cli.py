@@ -99,12 +99,17 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m codec.train`` entry point; user errors print ``codec: error: ...`` and exit 2."""
-    parser = argparse.ArgumentParser(prog="python -m codec.train", description="Train a codec model.")
+    from codec.cli import _Parser, _UsageError
+
+    parser = _Parser(prog="python -m codec.train", description="Train a codec model.")
     add_arguments(parser)
     try:
         args = parse_args(parser, list(sys.argv[1:] if argv is None else argv))
     except SystemExit as exc:
         return int(exc.code) if isinstance(exc.code, int) else 2
+    except _UsageError as exc:
+        print(f"codec: error: {exc}", file=sys.stderr)
+        return 2
     try:
         return run(args)
     except CodecError as exc:

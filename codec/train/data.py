@@ -243,13 +243,19 @@ def collate(batch: List[Tuple[np.ndarray, int]]) -> Tuple[torch.Tensor, torch.Te
 
 
 def worker_init_fn(worker_id: int) -> None:
-    """DataLoader worker setup: seed numpy/random from torch's per-worker seed, ignore SIGINT (the main
-    process handles Ctrl-C and shuts the workers down), one thread per worker."""
+    """DataLoader worker setup: seed numpy/random from torch's per-worker seed, one thread per worker, and
+    ignore SIGINT, SIGTERM and SIGHUP: a signal sent to the whole process group (Ctrl-C, ``timeout``, a
+    scheduler, a closed terminal) must not kill the workers under the main process, which saves a checkpoint
+    and then shuts them down itself (a worker also exits when the main process dies)."""
     seed = torch.initial_seed() % (2 ** 32)
     np.random.seed(seed)
     random.seed(seed)
     torch.set_num_threads(1)
-    try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except (ValueError, OSError):  # pragma: no cover
-        pass
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is None:
+            continue
+        try:
+            signal.signal(sig, signal.SIG_IGN)
+        except (ValueError, OSError):  # pragma: no cover
+            pass

@@ -85,7 +85,7 @@ def build_model(model_cfg: Dict[str, Any]):
     if init_from:
         from codec import pretrained
 
-        base = pretrained.load(init_from, device="cpu")
+        base = pretrained.load(init_from, device="cpu")  # names and paths resolved by codec.pretrained.resolve
         ccfg = base.config if hasattr(base, "config") else base.cfg
         if overrides:
             ccfg = _replace_config(ccfg, overrides)
@@ -410,12 +410,7 @@ class Trainer:
     def _init_disc_from(self, init_from: str) -> None:
         from codec import pretrained
 
-        d = Path(init_from)
-        if not d.is_dir():
-            try:
-                d = Path(pretrained.resolve(init_from))  # type: ignore[attr-defined]
-            except Exception:  # noqa: BLE001
-                d = Path(__file__).resolve().parents[2] / "pretrained" / init_from
+        d = pretrained.resolve(init_from)  # the one resolver: names in the pretrained dirs, paths as given
         f = d / "discriminator.safetensors"
         if f.is_file():
             from safetensors.torch import load_file
@@ -761,7 +756,9 @@ class Trainer:
         old = {}
         import threading
         if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
+            for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+                if s is None or (s == getattr(signal, "SIGHUP", None) and signal.getsignal(s) is signal.SIG_IGN):
+                    continue  # nohup: an ignored SIGHUP stays ignored
                 old[s] = signal.signal(s, self._on_signal)
         pbar = None
         if self.is_main and tc.get("progress", True):

@@ -29,6 +29,7 @@ from .config import CodecConfig
 from .nn import StreamingConv1d, StreamingConvTranspose1d, make_activation
 from .nn import streaming as st
 from .nn.fourier import FourierDecoder, FourierEncoder
+from .validation import check_audio, check_codes
 
 QBLOCK = 64  # frames per quantizer call in the exact path (fixed shape)
 BLOCK_FRAMES_PER_GEMM = 4  # exact-path GEMM block = this many frames of rows (rounded up to 64 rows)
@@ -307,7 +308,7 @@ class CodecModel(nn.Module):
     def _prepare(self, wav, sample_rate: Optional[int], lengths) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Any of ``[T]``, ``[C, T]``, ``[B, C, T]`` (tensor or numpy, any rate) -> float32 ``[B, 1, T']`` on the
         model device (channels averaged; resampled with soxr on CPU when ``sample_rate`` differs)."""
-        x = _to_tensor(wav)
+        x = check_audio(_to_tensor(wav))
         if x.dim() == 1:
             x = x[None, None]
         elif x.dim() == 2:
@@ -425,7 +426,7 @@ class CodecModel(nn.Module):
         """Codes ``[B, nq, F]`` (or ``[nq, F]``; ``-1`` = padded frame; any ``nq <= num_quantizers``) ->
         audio float32 ``[B, 1, F * hop]`` (zero past each item's valid frames) and optionally the valid sample
         counts ``[B]``."""
-        c = _to_tensor(codes).long().to(self.device)
+        c = check_codes(_to_tensor(codes), self.codebook_size, self.num_quantizers).to(self.device)
         if c.dim() == 2:
             c = c[None]
         if c.dim() != 3:
@@ -559,7 +560,7 @@ class StreamEncoder(_Stream):
 
     def feed(self, chunk) -> torch.Tensor:
         """chunk [B, 1, t] or [B, t] (tensor/numpy, model rate) -> codes LongTensor [B, nq, n_new_frames]."""
-        x = _to_tensor(chunk).to(self.model.device).float()
+        x = check_audio(_to_tensor(chunk), name="chunk", allow_empty=True).to(self.model.device).float()
         if x.dim() == 3:
             if x.shape[1] != 1:
                 x = x.mean(1, keepdim=True)
@@ -619,7 +620,7 @@ class StreamDecoder(_Stream):
         self._skip = model.decoder_delay  # stream samples still to drop (they precede time 0)
 
     def feed(self, codes) -> torch.Tensor:
-        c = _to_tensor(codes).long().to(self.model.device)
+        c = check_codes(_to_tensor(codes), self.model.codebook_size, self.model.num_quantizers).to(self.model.device)
         if c.dim() == 2 and self.batch_size == 1:
             c = c[None]
         if c.dim() != 3 or c.shape[0] != self.batch_size:

@@ -264,7 +264,14 @@ def _perceptual_metric_fns() -> Dict[str, Any]:
     if importlib.util.find_spec("pesq") is None or importlib.util.find_spec("pystoi") is None:
         return {}
     from codec.metrics import pesq_wb, stoi
-    return {"pesq": pesq_wb, "stoi": stoi}
+
+    def guarded(fn):
+        def run(ref: np.ndarray, est: np.ndarray, sample_rate: int) -> float:
+            if len(ref) < sample_rate // 4:  # PESQ and STOI need at least 0.25 s: no value for a shorter clip
+                return float("nan")
+            return float(fn(ref, est, sample_rate))
+        return run
+    return {"pesq": guarded(pesq_wb), "stoi": guarded(stoi)}
 
 
 def _spectrogram_image(x: np.ndarray, sample_rate: int) -> np.ndarray:

@@ -317,20 +317,24 @@ class _EncState:
 
 
 def _release_memory() -> None:
-    """Return freed heap pages to the OS (glibc ``malloc_trim``); keeps peak RSS flat on long streams."""
-    global _MALLOC_TRIM
-    if _MALLOC_TRIM is None:
+    """Keep peak RSS flat on long streams (glibc only; a no-op elsewhere): return freed heap pages to the OS
+    (``malloc_trim``), and on the first call pin glibc's mmap threshold at 128 KiB.  Without the pin, glibc raises
+    the threshold after the first large buffers are freed, so later per-chunk buffers come from the heap and
+    fragment it (measured: +30-45 MB peak RSS for a 10-minute encode versus a 1-minute one)."""
+    global _LIBC
+    if _LIBC is None:
         try:
             import ctypes
 
-            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
         except (OSError, AttributeError):
-            _MALLOC_TRIM = False
-    if _MALLOC_TRIM:
-        _MALLOC_TRIM(0)
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
 
 
-_MALLOC_TRIM = None
+_LIBC = None
 
 
 def _codes_dtype(codebook_size: int):
@@ -381,6 +385,7 @@ def encode_files(
     sr, hop, cb, max_nq = _model_facts(model)
     if not 1 <= nq <= max_nq:
         raise CodecError(f"--nq {nq} is out of range: this model has levels 1 to {max_nq}.")
+    _release_memory()  # pins the mmap threshold before the first chunk
     fp = model_fingerprint(model)
     device = _model_device(model)
     dtype = _codes_dtype(cb)
@@ -613,6 +618,7 @@ def decode_files(
     """
     import torch
 
+    _release_memory()  # pins the mmap threshold before the first chunk
     results: Dict[int, JobResult] = {}
     models: Dict[str, Tuple[object, str]] = {}
 

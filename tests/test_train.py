@@ -221,6 +221,10 @@ def test_export_and_finetune(wavs, tmp_path):
     card = (out / "README.md").read_text()
     assert "steps: 3" in card and "mel/nq1" in card and "codebook_perplexity/level" not in card
     assert (out / "discriminator.safetensors").is_file()
+    # the card and training.json name no path of this machine (data, run directory, checkpoint)
+    for f in ("README.md", "training.json"):
+        text = (out / f).read_text()
+        assert str(tmp_path) not in text and str(wavs) not in text
     m = codec.load(str(out))
     x = torch.from_numpy(sf.read(next(iter(sorted(wavs.glob("*.wav")))), dtype="float32")[0])[None, None]
     codes = m.encode(x, sample_rate=m.sample_rate, nq=1)

@@ -34,9 +34,21 @@ def _pick_checkpoint(run_dir: Path, checkpoint: str) -> Path:
     return latest
 
 
+def _portable(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """The training config without this machine's paths: data manifests and out_dir by file name only."""
+    out = json.loads(json.dumps(cfg, default=str))
+    for section, key in (("data", "train"), ("data", "valid"), ("train", "out_dir"), ("model", "init_from")):
+        v = out.get(section, {}).get(key)
+        if isinstance(v, str) and ("/" in v or "\\" in v):
+            out[section][key] = Path(v).name
+        elif isinstance(v, list):
+            out[section][key] = [Path(str(x)).name for x in v]
+    return out
+
+
 def model_card(state: Dict[str, Any], name: str) -> str:
     """Markdown model card from a checkpoint state (config, steps, hours, validation metrics)."""
-    cfg = state.get("config") or {}
+    cfg = _portable(state.get("config") or {})
     data = cfg.get("data", {})
     mc = state.get("model_config") or {}
     metrics = state.get("best_metrics") or {}
@@ -106,8 +118,8 @@ def export_run(run_dir: Union[str, Path], out_dir: Union[str, Path], checkpoint:
         save_file({k: v.contiguous() for k, v in state["disc"].items()}, str(out_dir / "discriminator.safetensors"))
     (out_dir / "README.md").write_text(model_card(state, name or out_dir.name))
     (out_dir / "training.json").write_text(json.dumps({
-        "checkpoint": str(ck), "step": state.get("step"), "best_metrics": state.get("best_metrics"),
-        "elapsed_hours": float(state.get("elapsed", 0.0)) / 3600, "config": cfg}, indent=2))
+        "checkpoint": ck.name, "step": state.get("step"), "best_metrics": state.get("best_metrics"),
+        "elapsed_hours": float(state.get("elapsed", 0.0)) / 3600, "config": _portable(cfg)}, indent=2))
     return out_dir
 
 

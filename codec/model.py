@@ -120,6 +120,7 @@ class Encoder(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.act_out = make_activation(cfg.activation, ch[-1])
         self.conv_out = StreamingConv1d(ch[-1], cfg.latent_dim, cfg.last_kernel_size, block_rows=_block_rows(rpf))
+        self.hop = hop
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Differentiable channels-first path: x [B, 1, T] -> [B, latent_dim, T / hop]."""
@@ -134,6 +135,16 @@ class Encoder(nn.Module):
         for b in self.blocks:
             x = b.forward_exact(x)
         return self.conv_out.forward_exact(self.act_out(x, channels_last=True))
+
+    def macs_per_frame(self) -> int:
+        """Multiply-accumulates per frame: each conv's MACs per output times its outputs per frame."""
+        rate = self.hop  # outputs per frame at the current stage
+        total = self.conv_in.macs_per_output() * rate
+        for blk in self.blocks:
+            total += sum(m.macs_per_output() * rate for m in blk.res.modules() if isinstance(m, StreamingConv1d))
+            rate //= blk.down.stride
+            total += blk.down.macs_per_output() * rate
+        return total + self.conv_out.macs_per_output() * rate
 
 
 class Decoder(nn.Module):
@@ -162,6 +173,16 @@ class Decoder(nn.Module):
     def flush(self) -> Optional[torch.Tensor]:
         """Streaming: nothing is pending beyond the emitted samples."""
         return None
+
+    def macs_per_frame(self) -> int:
+        """Multiply-accumulates per frame, following the upsampling from 1 to ``hop`` outputs per frame."""
+        rate = 1
+        total = self.conv_in.macs_per_output()
+        for blk in self.blocks:
+            total += blk.up.in_channels * blk.up.out_channels * blk.up.kernel_size * rate  # per input position
+            rate *= blk.up.stride
+            total += sum(m.macs_per_output() * rate for m in blk.res.modules() if isinstance(m, StreamingConv1d))
+        return total + self.conv_out.macs_per_output() * rate
 
 
 @dataclass
@@ -257,52 +278,12 @@ class CodecModel(nn.Module):
                 "trainable": sum(p.numel() for p in self.parameters() if p.requires_grad)}
 
     def macs_per_frame(self) -> dict:
-        """Multiply-accumulates per frame (convolutions; quantizer with all levels) -> dict (encoder/decoder/rvq)."""
-        hop = self.hop_length
+        """Multiply-accumulates per frame (encoder, decoder; quantizer with all levels) -> dict."""
         c = self.config
         rvq_dim = c.rvq_dim or c.latent_dim
         rvq = c.num_quantizers * (rvq_dim * c.codebook_dim + c.codebook_dim * c.codebook_size)
-        if c.encoder_type == "fourier" or c.decoder_type == "fourier":
-            if c.encoder_type != "fourier" or c.decoder_type != "fourier":
-                raise NotImplementedError("MAC counting of mixed conv / Fourier models is not implemented")
-            return {"encoder": int(self.encoder.macs_per_frame()), "decoder": int(self.decoder.macs_per_frame()),
-                    "rvq_all_levels": int(rvq)}
-
-        def count(mod: nn.Module, rate_fn) -> int:
-            total = 0
-            for m in mod.modules():
-                if isinstance(m, (StreamingConv1d, StreamingConvTranspose1d)):
-                    total += m.macs_per_output() * rate_fn(m)
-            return total
-
-        # outputs per frame of each conv: follow the strides
-        enc_rates = {}
-        r = hop
-        enc_rates[self.encoder.conv_in] = r
-        for b, s in zip(self.encoder.blocks, self.config.strides):
-            for m in b.res.modules():
-                if isinstance(m, StreamingConv1d):
-                    enc_rates[m] = r
-            r //= s
-            enc_rates[b.down] = r
-        enc_rates[self.encoder.conv_out] = r
-        dec_rates = {self.decoder.conv_in: 1}
-        r = 1
-        for b, s in zip(self.decoder.blocks, reversed(self.config.strides)):
-            r *= s
-            dec_rates[b.up] = r // s  # macs_per_output of convT is per output; count per output sample below
-            for m in b.res.modules():
-                if isinstance(m, StreamingConv1d):
-                    dec_rates[m] = r
-        dec_rates[self.decoder.conv_out] = hop
-        enc = count(self.encoder, lambda m: enc_rates[m])
-        dec = 0
-        for m, rr in dec_rates.items():
-            if isinstance(m, StreamingConvTranspose1d):
-                dec += m.in_channels * m.out_channels * m.kernel_size * rr
-            else:
-                dec += m.macs_per_output() * rr
-        return {"encoder": int(enc), "decoder": int(dec), "rvq_all_levels": int(rvq)}
+        return {"encoder": int(self.encoder.macs_per_frame()), "decoder": int(self.decoder.macs_per_frame()),
+                "rvq_all_levels": int(rvq)}
 
     # ------------------------------------------------------------------ input handling
     def _prepare(self, wav, sample_rate: Optional[int], lengths) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:

@@ -124,3 +124,29 @@ def test_phase_aware_loss_sees_phase_and_goes_down():
         total.backward()
         opt.step()
     assert float(total.detach()) < 0.6 * first
+
+
+def test_previous_shipped_config_still_loads(tmp_path):
+    """config.json of the conv model shipped until 2026-12 (no Fourier fields) builds the same conv model."""
+    import json
+
+    import codec
+
+    old = {"sample_rate": 24000, "channels": 1, "strides": [2, 4, 5, 8], "base_channels": 16, "max_channels": 256,
+           "latent_dim": 64, "dilations": [1], "residual_kernel_size": 3, "compress": 2, "kernel_size": 7,
+           "last_kernel_size": 7, "activation": "elu", "num_quantizers": 32, "codebook_size": 1024,
+           "codebook_dim": 8, "rvq_dim": 0, "quantizer_dropout": 0.5, "use_ema": True, "decay": 0.99,
+           "kmeans_init": True, "threshold_ema_dead_code": 0.05, "commitment_weight": 0.25, "codebook_weight": 1.0}
+    torch.manual_seed(0)
+    m = CodecModel(CodecConfig.from_dict(old))
+    assert m.config.encoder_type == m.config.decoder_type == "seanet" and m.decoder_delay == 0
+    # the tensors of the old model.safetensors: 340 of them, 2,161,874 values
+    assert len(m.state_dict()) == 340 and m.num_parameters()["total"] == 2_161_874
+    m.save_pretrained(str(tmp_path / "old"))
+    cfg = json.loads((tmp_path / "old" / "config.json").read_text())
+    for k in ("encoder_type", "decoder_type", "n_fft", "fourier_dim"):  # written as an old file would be
+        cfg.pop(k)
+    (tmp_path / "old" / "config.json").write_text(json.dumps({**cfg, "format": "codec-model-1"}))
+    back = codec.load(str(tmp_path / "old"))
+    x = 0.1 * torch.randn(1, 1, 3200)
+    assert torch.equal(back.encode(x), m.eval().encode(x))

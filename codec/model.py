@@ -1,16 +1,21 @@
-"""The codec model: causal conv encoder -> ResidualVQ -> causal conv decoder.
+"""The codec model: causal encoder -> ResidualVQ -> causal decoder.
+
+Two layer families, chosen by ``CodecConfig.encoder_type`` / ``decoder_type``: ``"seanet"`` (the time-domain conv
+stack defined here) and ``"fourier"`` (frame-rate STFT front end / ConvNeXt / inverse-STFT head,
+:mod:`codec.nn.fourier`; the shipped model).
 
 Shapes: audio ``[B, 1, T]`` at ``model.sample_rate``; latent ``[B, latent_dim, F]`` with ``F = ceil(T / hop)``;
 codes ``LongTensor [B, nq, F]`` (``-1`` marks padded frames of shorter items in a batch).
 
-Algorithmic latency: one frame (``hop_length / sample_rate``; 13.3 ms for the 24 kHz preset, hop 320;
-20 ms for the 16 kHz preset).  Every convolution is causal (no lookahead), so a frame's codes depend only on
-audio up to the end of that frame and the decoder emits a frame's audio as soon as its codes arrive.
+Algorithmic latency (:attr:`CodecModel.latency_ms`): one frame (``hop_length / sample_rate``; 13.3 ms at 24 kHz,
+hop 320) plus the decoder's delay (:attr:`CodecModel.decoder_delay`: 0 for the conv decoder, ``n_fft - hop``
+samples of overlap-add for the Fourier decoder, 26.7 ms for n_fft 960).  Every layer is causal (no lookahead), so
+a frame's codes depend only on audio up to the end of that frame.
 
-Exactness: :meth:`CodecModel.encode` and the stream encoder use the bit-exact conv path
-(:meth:`codec.nn.StreamingConv1d.forward_exact`) and run the quantizer on fixed-size blocks of 64 frames, so a
-frame's codes are bit-identical whether the audio is encoded whole, in a masked batch or streamed in any chunking.
-The decoder uses the fast conv path; streamed decoding equals offline decoding within float rounding (~1e-6).
+Exactness: :meth:`CodecModel.encode` and the stream encoder use the encoders' bit-exact paths (fixed-shape GEMM
+blocks) and run the quantizer on fixed-size blocks of 64 frames, so a frame's codes are bit-identical whether the
+audio is encoded whole, in a masked batch or streamed in any chunking.  The decoder uses the fast path; streamed
+decoding equals offline decoding within float rounding (~1e-6).
 
 Weight normalisation: stored as parameters (``weight_v``, ``weight_g``) in checkpoints; folded (and cached) at
 inference.

@@ -190,9 +190,9 @@ class ISTFTHead(StreamingModule):
         self.delay = self.n_fft - self.hop
         self.proj = nn.Linear(dim, 2 * self.bins)
         win = torch.hann_window(self.n_fft, periodic=True)
-        # steady-state sum of the squared Hann window over the overlapping frames (constant for hop <= n_fft / 3)
-        env = (win ** 2).reshape(-1, self.hop).sum(0).mean() if self.n_fft % self.hop == 0 else (win ** 2).sum() / (
-            self.n_fft / self.hop)
+        # steady-state sum of the squared Hann window over the overlapping frames (constant for hop <= n_fft / 3;
+        # the config requires n_fft to be a multiple of hop)
+        env = (win ** 2).reshape(-1, self.hop).sum(0).mean()
         self.register_buffer("window", win / env, persistent=False)
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Dict[str, torch.Tensor]:

@@ -614,11 +614,7 @@ class StreamDecoder(_Stream):
         if c.shape[-1] == 0:
             return torch.zeros(self.batch_size, 1, 0, device=self.model.device)
 
-        def run(cc: torch.Tensor) -> torch.Tensor:
-            z = self.model.quantizer.decode(cc)
-            return self.model.decoder(z.to(self.model._dtype()), (cc >= 0).any(1)).float()
-
-        return self._drop_preroll(self._run(run, c))
+        return self._drop_preroll(self._run(self.model.decode_step, c))
 
     def _drop_preroll(self, y: torch.Tensor) -> torch.Tensor:
         if self._skip:

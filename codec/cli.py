@@ -1,8 +1,8 @@
 """``codec`` command line: argument parsing and dispatch only.
 
-File work lives in :mod:`codec.transcode` (encode/decode pipelines), :mod:`codec.codes_format`
+File work lives in :mod:`codec.pipeline` (encode/decode pipelines), :mod:`codec.codes_format`
 (the ``.codes`` format), :mod:`codec.bench` and :mod:`codec.demo`; ``train`` and ``eval`` are
-delegated to ``codec.train.cli`` and ``codec.evaluation`` (imported only when used).
+delegated to ``codec.train.cli`` and ``codec.eval.harness`` (imported only when used).
 
 Errors caused by the user (argparse usage errors included) print the single line
 ``codec: error: <one sentence>`` on stderr and exit with status 2; Ctrl-C exits with 130, SIGTERM with 143
@@ -28,7 +28,7 @@ EXIT_INTERRUPTED = 130
 
 _LAZY = {
     "train": ("codec.train.cli", "train a model (delegates to codec.train.cli)"),
-    "eval": ("codec.evaluation", "evaluate a model and classical baselines (delegates to codec.evaluation)"),
+    "eval": ("codec.eval.harness", "evaluate a model and classical baselines (delegates to codec.eval.harness)"),
 }
 
 _EPILOGS = {
@@ -243,7 +243,7 @@ def _human_bytes(n: int) -> str:
 
 def _cmd_encode(args: argparse.Namespace) -> int:
     from .audio import AUDIO_EXTENSIONS, audio_info
-    from .transcode import EncodeJob, encode_files, resolve_model
+    from .pipeline import EncodeJob, encode_files, resolve_model
 
     pairs = plan_jobs(args.inputs, args.output, AUDIO_EXTENSIONS, ".codes")
     model, name = resolve_model(args.model, args.device)
@@ -269,7 +269,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:
-    from .transcode import DecodeJob, decode_files
+    from .pipeline import DecodeJob, decode_files
 
     from .codes_format import read_header
 
@@ -341,7 +341,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_trim(args: argparse.Namespace) -> int:
     from .codes_format import trim_levels
-    from .transcode import check_not_same_file
+    from .pipeline import check_not_same_file
 
     check_not_same_file(args.input, args.output)
     h = trim_levels(args.input, args.output, args.nq)
@@ -439,7 +439,7 @@ def build_parser(lazy: Optional[str] = None) -> argparse.ArgumentParser:
                        epilog=_EPILOGS["bench"], add_help=lazy == "bench",
                        description="Benchmark the codec on this machine.")
     if lazy == "bench":
-        from . import bench as _bench
+        from .bench import cli as _bench
 
         _bench.add_arguments(p)
         p.set_defaults(func=_bench.run)

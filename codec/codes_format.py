@@ -90,7 +90,7 @@ class CodesHeader:
         num_frames: code frames per stream.
         orig_length: length of the original audio in samples (per channel) at ``orig_sample_rate``.
         orig_sample_rate: sample rate of the original input file.
-        weights_sha256: 32-byte SHA-256 fingerprint of the model weights (see ``codec.transcode.model_fingerprint``).
+        weights_sha256: 32-byte SHA-256 fingerprint of the model weights (see ``codec.pipeline.model_fingerprint``).
         model_name: the model's name or directory (used by ``codec decode`` when no ``--model`` is given).
         version: format version (1).
     """

@@ -2,7 +2,7 @@
 
 For each sample and each nq: ``<out>/<stem>.nq<K>.codes`` and the decoded ``<out>/<stem>.nq<K>.wav`` are
 written through the same streaming pipeline as ``codec encode`` / ``codec decode``; the table shows
-bitrate, file size and quality figures (SI-SDR, multi-scale log-mel distance from :mod:`codec.metrics`,
+bitrate, file size and quality figures (SI-SDR, multi-scale log-mel distance from :mod:`codec.eval.metrics`,
 PESQ-WB and STOI when ``pesq`` / ``pystoi`` are installed).  A ``results.json`` is written next to them.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ def _parse_nqs(text: str, max_nq: int) -> List[int]:
 
 
 def _quality(ref: np.ndarray, est: np.ndarray, sr: int) -> Dict[str, float]:
-    from . import metrics
+    from .eval import metrics
 
     r, e = ref.mean(axis=0), est.mean(axis=0)
     n = min(len(r), len(e))
@@ -54,7 +54,7 @@ def demo(model, model_name: str, samples: List[Path], nqs: List[int], out_dir: P
          progress=None) -> List[Dict[str, object]]:
     """Run the demo; returns one row per (sample, nq) with bitrate, sizes and quality figures."""
     from .audio import load_audio
-    from .transcode import DecodeJob, EncodeJob, decode_files, encode_files
+    from .pipeline import DecodeJob, EncodeJob, decode_files, encode_files
 
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: List[Dict[str, object]] = []
@@ -103,7 +103,7 @@ def format_demo_table(rows: List[Dict[str, object]]) -> str:
 def run_demo(args: argparse.Namespace) -> int:
     """Entry point of ``codec demo`` (see :mod:`codec.demo`)."""
     from .pretrained import search_dirs
-    from .transcode import resolve_model
+    from .pipeline import resolve_model
 
     if args.samples:
         samples = [Path(s) for s in args.samples]

@@ -7,7 +7,7 @@ need=()
 command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
 command -v c2enc >/dev/null 2>&1 || need+=(codec2)
 command -v opusenc >/dev/null 2>&1 || need+=(opus-tools)
-# AMR-WB encoder library (loaded with ctypes by codec.baselines; ffmpeg decodes AMR-WB natively)
+# AMR-WB encoder library (loaded with ctypes by codec.eval.baselines; ffmpeg decodes AMR-WB natively)
 { ldconfig -p 2>/dev/null | grep -q libvo-amrwbenc.so; } || need+=(libvo-amrwbenc0)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then

@@ -1,4 +1,4 @@
-"""Tests for codec.baselines: Opus / AMR-WB / Codec2 round trips through the system tools, settings, errors."""
+"""Tests for codec.eval.baselines: Opus / AMR-WB / Codec2 round trips through the system tools, settings, errors."""
 from __future__ import annotations
 
 import math
@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from codec import baselines as BL
-from codec import metrics as M
+from codec.eval import baselines as BL
+from codec.eval import metrics as M
 from codec.audio import load_audio
 from codec.errors import CodecError
 

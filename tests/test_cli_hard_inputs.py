@@ -218,7 +218,7 @@ def test_broken_codes(corpus, out, capsys, key, message):
 
 def test_codes_from_another_model(corpus, out, capsys):
     import codec
-    from codec.transcode import model_fingerprint
+    from codec.pipeline import model_fingerprint
 
     h_tiny = model_fingerprint(codec.load(str(corpus["tiny"]))).hex()[:12]
     h_other = model_fingerprint(codec.load(str(corpus["other"]))).hex()[:12]
@@ -269,7 +269,7 @@ def test_decode_output_errors(corpus, out, capsys):
 # ---- interruption ------------------------------------------------------------------------------
 
 def test_ctrl_c_during_encode_leaves_nothing(corpus, out, capsys, monkeypatch):
-    import codec.transcode as tc
+    import codec.pipeline as tc
 
     real = tc._EncState.fill
     calls = {"n": 0}
@@ -288,7 +288,7 @@ def test_ctrl_c_during_encode_leaves_nothing(corpus, out, capsys, monkeypatch):
 
 
 def test_ctrl_c_during_decode_leaves_nothing(corpus, out, capsys, monkeypatch):
-    import codec.transcode as tc
+    import codec.pipeline as tc
 
     def write(self, y):
         raise KeyboardInterrupt

@@ -1,4 +1,4 @@
-"""Tests for `codec eval` (codec.evaluation): inputs, end-to-end CLI run with a tiny model and Opus, user errors."""
+"""Tests for `codec eval` (codec.eval.harness): inputs, end-to-end CLI run with a tiny model and Opus, user errors."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from codec import evaluation as E
+from codec.eval import harness as E
 from codec.audio import load_audio, save_audio
 from codec.cli import main
 from codec.errors import CodecError

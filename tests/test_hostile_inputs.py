@@ -60,7 +60,7 @@ def env(tmp_path_factory):
 @pytest.fixture()
 def cached_models(env, monkeypatch):
     """Load each model once per test (the fuzzers decode hundreds of files; loading is tested elsewhere)."""
-    import codec.transcode as tc
+    import codec.pipeline as tc
 
     real, cache = tc.resolve_model, {}
 
@@ -552,7 +552,7 @@ def test_ogg_rate_too_high_is_refused_before_writing(env, tmp_path):
 @pytest.mark.parametrize("sig,rc", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 @pytest.mark.parametrize("cmd", ["decode", "encode"])
 def test_sigterm_sighup_clean_up_like_ctrl_c(env, tmp_path, capsys, monkeypatch, sig, rc, cmd):
-    import codec.transcode as tc
+    import codec.pipeline as tc
 
     if signal.getsignal(sig) is signal.SIG_IGN:
         pytest.skip("the test runs with this signal ignored (nohup): codec keeps it ignored")
@@ -645,7 +645,7 @@ def _resolved_everywhere(spec):
     """The directory each part of codec resolves ``spec`` to (or the CodecError message)."""
     from codec import pretrained
     from codec.train import trainer as tr
-    from codec.transcode import resolve_model
+    from codec.pipeline import resolve_model
 
     def attempt(fn):
         try:
@@ -669,7 +669,7 @@ def _resolved_everywhere(spec):
     return {
         "pretrained.resolve": attempt(lambda: str(pretrained.resolve(spec).resolve())),
         "codec.load": attempt(lambda: codec.load(spec).model_dir),
-        "cli (transcode.resolve_model)": attempt(lambda: resolve_model(spec)[0].model_dir),
+        "cli (pipeline.resolve_model)": attempt(lambda: resolve_model(spec)[0].model_dir),
         "trainer build_model": attempt(lambda: tr.build_model({"init_from": spec}).model_dir),
         "trainer _init_disc_from": attempt(trainer_disc),
     }
@@ -706,7 +706,7 @@ def test_one_resolver_for_cli_library_and_trainer(env, tmp_path, monkeypatch):
     write_wav(tmp_path / "s.wav", 24000, 0.2)
     assert main([str(a) for a in ("encode", tmp_path / "s.wav", tmp_path / "s.codes", "--nq", 1, "-q")]) == 0
     h = read_header(tmp_path / "s.codes")
-    from codec.transcode import model_fingerprint
+    from codec.pipeline import model_fingerprint
 
     assert h.model_name == "speech-24k" and h.weights_sha256 == model_fingerprint(codec.load("speech-24k"))
 

@@ -1,4 +1,4 @@
-"""Tests for codec.metrics: SI-SDR, mel distance, PESQ-WB, STOI, ViSQOL wiring, confidence intervals."""
+"""Tests for codec.eval.metrics: SI-SDR, mel distance, PESQ-WB, STOI, ViSQOL wiring, confidence intervals."""
 from __future__ import annotations
 
 import math
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from codec import metrics as M
+from codec.eval import metrics as M
 from codec.audio import load_audio
 from codec.errors import CodecError
 

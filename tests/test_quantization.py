@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from codec.quantization import Codebook, ResidualVQ, RVQOutput, VectorQuantize, kmeans
-from codec.quantization.benchmark import bench_rvq
+from codec.bench.rvq import bench_rvq
 
 
 def _clustered(n, d, k=16, seed=0, spread=0.05):

@@ -19,8 +19,8 @@ Example::
 
     ids = rvq.encode(torch.randn(1000, 64))        # [N, D] rows -> [N, 8] codes (semantic IDs)
 
-Public API: ``ResidualVQ``, ``VectorQuantize`` (one level), ``Codebook``, ``RVQOutput``, ``kmeans``,
-``benchmark.bench_rvq``.
+Public API: ``ResidualVQ``, ``VectorQuantize`` (one level), ``Codebook``, ``RVQOutput``, ``kmeans``;
+benchmark: ``codec.bench.rvq.bench_rvq``.
 """
 from .kmeans import kmeans
 from .rvq import ResidualVQ, RVQOutput

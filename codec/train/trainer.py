@@ -242,7 +242,7 @@ def _local_si_sdr(ref: np.ndarray, est: np.ndarray) -> float:
 
 def _metric_fns():
     try:
-        from codec.metrics import multiscale_mel_distance, si_sdr
+        from codec.eval.metrics import multiscale_mel_distance, si_sdr
         return si_sdr, multiscale_mel_distance
     except Exception:  # noqa: BLE001 - metrics module not available
         mel = MultiScaleMelLoss(24000)
@@ -263,7 +263,7 @@ def _perceptual_metric_fns() -> Dict[str, Any]:
 
     if importlib.util.find_spec("pesq") is None or importlib.util.find_spec("pystoi") is None:
         return {}
-    from codec.metrics import pesq_wb, stoi
+    from codec.eval.metrics import pesq_wb, stoi
 
     def guarded(fn):
         def run(ref: np.ndarray, est: np.ndarray, sample_rate: int) -> float:

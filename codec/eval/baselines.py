@@ -133,7 +133,7 @@ def _ffmpeg(args: List[str], what: str) -> None:
 
 def _fp(path: str) -> str:
     """A path for ffmpeg that can never be read as an option (``file:/abs/path``)."""
-    from .audio import ffmpeg_path_arg
+    from codec.audio import ffmpeg_path_arg
 
     return ffmpeg_path_arg(path)
 

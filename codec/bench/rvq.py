@@ -4,7 +4,7 @@ The floor is the unavoidable work of exhaustive search, computed on the same dat
 ``[N, D] x [D, K]`` matmul (plus the ``|c|^2`` bias) and an argmin, with no residual update, gather or projection.
 It is timed both over the whole array and in the same row chunks as ``ResidualVQ``; the faster is reported.
 
-Run: ``python -m codec.quantization.benchmark`` (or ``codec bench rvq``).
+Run: ``python -m codec.bench.rvq`` (or ``codec bench rvq``).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Optional
 
 import torch
 
-from .rvq import ResidualVQ
+from codec.quantization.rvq import ResidualVQ
 
 
 def _best_time(fn: Callable[[], Any], repeats: int) -> float:

@@ -2,7 +2,7 @@
 
 For every input file the model encodes once with the largest requested ``nq`` and decodes the first
 ``nq`` codebooks for each requested ``nq`` (residual quantization: the first levels of a deeper encoding are
-the shallower encoding). Baselines (Opus, AMR-WB, Codec2; see :mod:`codec.baselines`) run on the same reference.
+the shallower encoding). Baselines (Opus, AMR-WB, Codec2; see :mod:`codec.eval.baselines`) run on the same reference.
 Metrics per file: PESQ-WB, STOI, multi-scale log-mel distance, SI-SDR, bitrate; reported as means with 95 %
 Student-t confidence intervals over files.
 
@@ -106,7 +106,7 @@ def _load_mono(path: str, sample_rate: int) -> np.ndarray:
 
 
 def _check_metrics(metrics: Sequence[str]) -> None:
-    from codec.metrics import OPTIONAL_PACKAGES, require
+    from codec.eval.metrics import OPTIONAL_PACKAGES, require
 
     for m in metrics:
         if m not in METRICS:
@@ -116,7 +116,7 @@ def _check_metrics(metrics: Sequence[str]) -> None:
 
 
 def _score(ref: np.ndarray, est: np.ndarray, sr: int, metrics: Sequence[str]) -> Dict[str, float]:
-    from codec import metrics as M
+    from codec.eval import metrics as M
 
     fns = {"pesq": lambda: M.pesq_wb(ref, est, sr), "stoi": lambda: M.stoi(ref, est, sr),
            "mel": lambda: M.multiscale_mel_distance(ref, est, sr), "sisdr": lambda: M.si_sdr(ref, est),
@@ -156,7 +156,7 @@ def evaluate(inputs: Union[str, Sequence[str]], model: Optional[object] = None,
         nqs: numbers of quantizers to evaluate (``"1,2,4"`` or ints); values above the model's
             ``num_quantizers`` raise CodecError.
         baselines: ``--baseline`` spec, e.g. ``"opus,amr-wb,codec2"`` or ``"opus@6+12"`` (see
-            :func:`codec.baselines.parse_baselines`); empty = none.
+            :func:`codec.eval.baselines.parse_baselines`); empty = none.
         out_dir: write ``results.json`` and PNG plots there.
         sample_rate: reference rate when no model is given (default 24000); otherwise the model's rate.
         metrics: subset of :data:`METRICS` (``pesq stoi mel sisdr visqol``); default :data:`DEFAULT_METRICS`.
@@ -166,8 +166,8 @@ def evaluate(inputs: Union[str, Sequence[str]], model: Optional[object] = None,
     """
     import torch
 
-    from codec import baselines as BL
-    from codec.metrics import summarize
+    from codec.eval import baselines as BL
+    from codec.eval.metrics import summarize
 
     t0 = time.time()
     metrics = list(metrics)

@@ -1,8 +1,8 @@
 """``codec bench``: encode/decode speed (x real time), streaming per-chunk cost, quantizer throughput and
 peak memory on this machine, printed as a table and optionally written as JSON (``--json FILE``).
 
-The measurements themselves live with their owners: ``codec.model_benchmark.benchmark_model`` /
-``benchmark_streaming`` / ``peak_memory_streaming`` (model) and ``codec.quantization.benchmark.bench_rvq``
+The measurements themselves live with their owners: ``codec.bench.model.benchmark_model`` /
+``benchmark_streaming`` / ``peak_memory_streaming`` (model) and ``codec.bench.rvq.bench_rvq``
 (quantizer).  This module picks the model, calls them with the arguments they accept, and formats results.
 ``codec bench rvq`` runs the quantizer part only; ``codec bench encodec`` times the model beside EnCodec 24 kHz
 (``benchmark_encodec``: random weights built by the ``encodec`` package, nothing downloaded).
@@ -17,7 +17,7 @@ import platform
 import time
 from typing import Any, Callable, Dict, List, Optional
 
-from .errors import CodecError
+from codec.errors import CodecError
 
 __all__ = ["add_arguments", "run", "collect", "format_tables", "call_with_accepted"]
 
@@ -74,7 +74,7 @@ def _plain(obj: Any) -> Any:
 
 
 def _get_model(args: argparse.Namespace):
-    from .transcode import resolve_model
+    from codec.pipeline import resolve_model
 
     if args.model is not None:
         return resolve_model(args.model, args.device)
@@ -84,7 +84,7 @@ def _get_model(args: argparse.Namespace):
             return resolve_model(None, args.device)
         except CodecError:
             preset = "24khz"
-    from . import CodecConfig, CodecModel
+    from codec import CodecConfig, CodecModel
 
     try:
         cfg = CodecConfig.preset(preset)
@@ -107,7 +107,7 @@ def collect(args: argparse.Namespace) -> Dict[str, Any]:
     }
     if args.what in ("all", "model", "encodec"):
         try:
-            from . import model_benchmark as mb
+            from codec.bench import model as mb
         except ImportError as exc:
             raise CodecError(f"the model benchmarks are not available yet ({exc}).") from None
         model, name = _get_model(args)
@@ -125,7 +125,7 @@ def collect(args: argparse.Namespace) -> Dict[str, Any]:
                            ("memory", "peak_memory_streaming")):
             fn = getattr(mb, fname, None)
             if fn is None:
-                out[key] = {"error": f"codec.model_benchmark.{fname} is missing"}
+                out[key] = {"error": f"codec.bench.model.{fname} is missing"}
                 continue
             t0 = time.perf_counter()
             extra = dict(seconds_list=mem_list, model_path=model_path) if key == "memory" else {}
@@ -140,7 +140,7 @@ def collect(args: argparse.Namespace) -> Dict[str, Any]:
         out["speedup_vs_encodec"] = {k: ours[f"{k}_x_realtime"] / ref[f"{k}_x_realtime"] for k in ("encode", "decode")}
     if args.what in ("all", "rvq"):
         try:
-            from .quantization.benchmark import bench_rvq
+            from codec.bench.rvq import bench_rvq
         except ImportError as exc:
             raise CodecError(f"the quantizer benchmark is not available yet ({exc}).") from None
         res = _plain(call_with_accepted(bench_rvq, device=args.device, n_frames=args.rvq_frames))
@@ -184,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         from pathlib import Path
 
-        from .audio import atomic_output
+        from codec.audio import atomic_output
 
         with atomic_output(Path(args.json)) as tmp:
             tmp.write_text(json.dumps(results, indent=2) + "\n")

@@ -66,7 +66,7 @@ def load_encodec_reference(nq: int = 8):
     random weights, built locally (nothing is downloaded): the speed reference of ``codec bench encodec``.
 
     Returns ``(model, sample_rate)``; ``model.encode(x [B, 1, T])`` / ``model.decode(frames)`` are EnCodec's own."""
-    from .errors import CodecError
+    from codec.errors import CodecError
 
     try:
         from encodec.model import EncodecModel

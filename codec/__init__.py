@@ -1,7 +1,7 @@
 """codec: a neural audio codec toolkit (causal conv encoder, residual VQ, conv decoder, streaming).
 
 >>> import codec
->>> model = codec.load("speech-24k")          # or a directory written by model.save_pretrained
+>>> model = codec.load("speech-24k")          # or a directory written by codec.save_pretrained
 >>> codes = model.encode(wav, sample_rate=sr, nq=8)
 >>> audio = model.decode(codes)
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["load", "CodecModel", "CodecConfig", "__version__"]
+__all__ = ["load", "save_pretrained", "CodecModel", "CodecConfig", "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import CodecConfig
@@ -22,6 +22,14 @@ def load(path_or_name, device=None):
     from .pretrained import load as _load
 
     return _load(path_or_name, device=device)
+
+
+def save_pretrained(model, directory) -> str:
+    """Write ``model`` as a model directory (see :func:`codec.pretrained.save_pretrained`); returns the weights
+    hash."""
+    from .pretrained import save_pretrained as _save
+
+    return _save(model, directory)
 
 
 def __getattr__(name: str) -> Any:  # lazy: importing codec does not import torch

@@ -1,7 +1,8 @@
 """The codec model: causal encoder -> ResidualVQ -> causal decoder.
 
-Two layer families, chosen by ``CodecConfig.encoder_type`` / ``decoder_type``: ``"seanet"`` (the time-domain conv
-stack defined here) and ``"fourier"`` (frame-rate STFT front end / ConvNeXt / inverse-STFT head,
+The model composes three parts (EnCodec-style: ready-built parts may be handed in): an encoder, a
+:class:`codec.quantization.ResidualVQ` and a decoder.  Two layer families, chosen by ``CodecConfig.encoder_type``
+/ ``decoder_type``: ``"seanet"`` (the time-domain conv stack, :mod:`codec.nn.seanet`) and ``"fourier"`` (frame-rate STFT front end / ConvNeXt / inverse-STFT head,
 :mod:`codec.nn.fourier`; the shipped model).
 
 Shapes: audio ``[B, 1, T]`` at ``model.sample_rate``; latent ``[B, latent_dim, F]`` with ``F = ceil(T / hop)``;
@@ -13,181 +14,48 @@ samples of overlap-add for the Fourier decoder, 26.7 ms for n_fft 960).  Every l
 a frame's codes depend only on audio up to the end of that frame.
 
 Exactness: :meth:`CodecModel.encode` and the stream encoder use the encoders' bit-exact paths (fixed-shape GEMM
-blocks) and run the quantizer on fixed-size blocks of 64 frames, so a frame's codes are bit-identical whether the
+blocks) and the quantizer's :meth:`~codec.quantization.ResidualVQ.encode_exact` (fixed blocks of 64 frames), so a frame's codes are bit-identical whether the
 audio is encoded whole, in a masked batch or streamed in any chunking.  The decoder uses the fast path; streamed
 decoding equals offline decoding within float rounding (~1e-6).
 
-Weight normalisation: stored as parameters (``weight_v``, ``weight_g``) in checkpoints; folded (and cached) at
-inference.
+Saving and loading live in :mod:`codec.pretrained` (``save_pretrained(model, dir)``, ``load``); MAC counts in
+:func:`codec.bench.model.macs_per_frame`.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from .config import CodecConfig
-from .nn import StreamingConv1d, StreamingConvTranspose1d, make_activation
 from .nn import streaming as st
 from .nn.fourier import FourierDecoder, FourierEncoder
+from .nn.seanet import SeanetDecoder, SeanetEncoder
+from .quantization import ResidualVQ
 from .validation import check_audio, check_codes
 
-QBLOCK = 64  # frames per quantizer call in the exact path (fixed shape)
-BLOCK_FRAMES_PER_GEMM = 4  # exact-path GEMM block = this many frames of rows (rounded up to 64 rows)
+
+def build_encoder(cfg: CodecConfig) -> nn.Module:
+    """The encoder ``cfg.encoder_type`` names: ``[B, 1, T] -> [B, latent_dim, T / hop]``."""
+    return FourierEncoder(cfg) if cfg.encoder_type == "fourier" else SeanetEncoder(cfg)
 
 
-def _block_rows(rows_per_frame: float) -> int:
-    """Fixed GEMM block (multiple of 64 rows) for a layer producing ``rows_per_frame`` outputs per frame."""
-    return int(64 * max(1, math.ceil(rows_per_frame * BLOCK_FRAMES_PER_GEMM / 64)))
+def build_decoder(cfg: CodecConfig) -> nn.Module:
+    """The decoder ``cfg.decoder_type`` names: ``[B, latent_dim, F] -> [B, 1, F * hop]``."""
+    return FourierDecoder(cfg) if cfg.decoder_type == "fourier" else SeanetDecoder(cfg)
 
 
-class ResidualUnit(nn.Module):
-    """``x + conv1x1(act(conv_k,d(act(x))))`` with a ``compress`` bottleneck; all causal."""
-
-    def __init__(self, channels: int, dilation: int, kernel_size: int, compress: int, activation: str,
-                 rows_per_frame: float = 64, exact: bool = True) -> None:
-        super().__init__()
-        hidden = max(1, channels // compress)
-        br = _block_rows(rows_per_frame)
-        self.act1 = make_activation(activation, channels, exact)
-        self.conv1 = StreamingConv1d(channels, hidden, kernel_size, dilation=dilation, block_rows=br)
-        self.act2 = make_activation(activation, hidden, exact)
-        self.conv2 = StreamingConv1d(hidden, channels, 1, block_rows=br)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv2(self.act2(self.conv1(self.act1(x))))
-
-    def forward_exact(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1.forward_exact(self.act1(x, channels_last=True))
-        return self.conv2.forward_exact(self.act2(h, channels_last=True)).add_(x)
-
-
-class EncoderBlock(nn.Module):
-    """Residual units at ``channels`` then a strided causal conv (kernel ``2*stride``) to ``out_channels``."""
-
-    def __init__(self, channels: int, out_channels: int, stride: int, cfg: CodecConfig, rows_per_frame: float):
-        super().__init__()
-        self.res = nn.ModuleList(ResidualUnit(channels, d, cfg.residual_kernel_size, cfg.compress, cfg.activation,
-                                              rows_per_frame) for d in cfg.dilations)
-        self.act = make_activation(cfg.activation, channels)
-        self.down = StreamingConv1d(channels, out_channels, 2 * stride, stride=stride,
-                                    block_rows=_block_rows(rows_per_frame / stride))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for r in self.res:
-            x = r(x)
-        return self.down(self.act(x))
-
-    def forward_exact(self, x: torch.Tensor) -> torch.Tensor:
-        for r in self.res:
-            x = r.forward_exact(x)
-        return self.down.forward_exact(self.act(x, channels_last=True))
-
-
-class DecoderBlock(nn.Module):
-    """Causal transposed conv (kernel ``2*stride``) from ``channels`` to ``out_channels``, then residual units."""
-
-    def __init__(self, channels: int, out_channels: int, stride: int, cfg: CodecConfig):
-        super().__init__()
-        self.act = make_activation(cfg.activation, channels, exact=False)
-        self.up = StreamingConvTranspose1d(channels, out_channels, 2 * stride, stride)
-        self.res = nn.ModuleList(ResidualUnit(out_channels, d, cfg.residual_kernel_size, cfg.compress,
-                                              cfg.activation, exact=False) for d in cfg.dilations)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.up(self.act(x))
-        for r in self.res:
-            x = r(x)
-        return x
-
-
-def _channels(cfg: CodecConfig) -> List[int]:
-    return [min(cfg.base_channels * 2 ** i, cfg.max_channels) for i in range(len(cfg.strides) + 1)]
-
-
-class Encoder(nn.Module):
-    """Causal conv encoder ``[B, 1, T] -> [B, latent_dim, T / hop]`` (T a multiple of hop)."""
-
-    def __init__(self, cfg: CodecConfig) -> None:
-        super().__init__()
-        ch = _channels(cfg)
-        hop = cfg.hop_length
-        rpf = float(hop)
-        self.conv_in = StreamingConv1d(cfg.channels, ch[0], cfg.kernel_size, block_rows=_block_rows(rpf))
-        blocks = []
-        for i, s in enumerate(cfg.strides):
-            blocks.append(EncoderBlock(ch[i], ch[i + 1], s, cfg, rpf))
-            rpf /= s
-        self.blocks = nn.ModuleList(blocks)
-        self.act_out = make_activation(cfg.activation, ch[-1])
-        self.conv_out = StreamingConv1d(ch[-1], cfg.latent_dim, cfg.last_kernel_size, block_rows=_block_rows(rpf))
-        self.hop = hop
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Differentiable channels-first path: x [B, 1, T] -> [B, latent_dim, T / hop]."""
-        x = self.conv_in(x)
-        for b in self.blocks:
-            x = b(x)
-        return self.conv_out(self.act_out(x))
-
-    def forward_exact(self, x: torch.Tensor) -> torch.Tensor:
-        """Bit-exact channels-last path: x [B, T, 1] -> [B, T / hop, latent_dim]."""
-        x = self.conv_in.forward_exact(x)
-        for b in self.blocks:
-            x = b.forward_exact(x)
-        return self.conv_out.forward_exact(self.act_out(x, channels_last=True))
-
-    def macs_per_frame(self) -> int:
-        """Multiply-accumulates per frame: each conv's MACs per output times its outputs per frame."""
-        rate = self.hop  # outputs per frame at the current stage
-        total = self.conv_in.macs_per_output() * rate
-        for blk in self.blocks:
-            total += sum(m.macs_per_output() * rate for m in blk.res.modules() if isinstance(m, StreamingConv1d))
-            rate //= blk.down.stride
-            total += blk.down.macs_per_output() * rate
-        return total + self.conv_out.macs_per_output() * rate
-
-
-class Decoder(nn.Module):
-    """Causal conv decoder ``[B, latent_dim, F] -> [B, 1, F * hop]``."""
-
-    def __init__(self, cfg: CodecConfig) -> None:
-        super().__init__()
-        ch = _channels(cfg)
-        self.conv_in = StreamingConv1d(cfg.latent_dim, ch[-1], cfg.kernel_size)
-        n = len(cfg.strides)
-        self.blocks = nn.ModuleList(DecoderBlock(ch[i + 1], ch[i], cfg.strides[i], cfg) for i in reversed(range(n)))
-        self.act_out = make_activation(cfg.activation, ch[0], exact=False)
-        self.conv_out = StreamingConv1d(ch[0], cfg.channels, cfg.last_kernel_size)
-
-    #: samples of latency added by the decoder (none: transposed convs emit final samples)
-    delay = 0
-
-    def forward(self, z: torch.Tensor, frame_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """z [B, latent_dim, F] -> audio [B, 1, F * hop] (``frame_mask`` is not needed: the model zeroes the
-        samples of masked frames)."""
-        x = self.conv_in(z)
-        for b in self.blocks:
-            x = b(x)
-        return self.conv_out(self.act_out(x))
-
-    def flush(self) -> Optional[torch.Tensor]:
-        """Streaming: nothing is pending beyond the emitted samples."""
-        return None
-
-    def macs_per_frame(self) -> int:
-        """Multiply-accumulates per frame, following the upsampling from 1 to ``hop`` outputs per frame."""
-        rate = 1
-        total = self.conv_in.macs_per_output()
-        for blk in self.blocks:
-            total += blk.up.in_channels * blk.up.out_channels * blk.up.kernel_size * rate  # per input position
-            rate *= blk.up.stride
-            total += sum(m.macs_per_output() * rate for m in blk.res.modules() if isinstance(m, StreamingConv1d))
-        return total + self.conv_out.macs_per_output() * rate
+def build_quantizer(cfg: CodecConfig) -> ResidualVQ:
+    """The residual quantizer of ``cfg``: ``[B, latent_dim, F] -> codes [B, num_quantizers, F]``."""
+    return ResidualVQ(input_dim=cfg.latent_dim, rvq_dim=cfg.rvq_dim or None, output_dim=cfg.latent_dim,
+                      num_quantizers=cfg.num_quantizers, codebook_size=cfg.codebook_size,
+                      codebook_dim=cfg.codebook_dim, use_ema=cfg.use_ema, decay=cfg.decay,
+                      kmeans_init=cfg.kmeans_init, threshold_ema_dead_code=cfg.threshold_ema_dead_code,
+                      commitment_weight=cfg.commitment_weight, codebook_weight=cfg.codebook_weight,
+                      quantizer_dropout=cfg.quantizer_dropout)
 
 
 @dataclass
@@ -216,20 +84,15 @@ class CodecModel(nn.Module):
     >>> wav = model.decode(codes)                          # [1, 1, 16000]
     """
 
-    def __init__(self, config: Optional[CodecConfig] = None) -> None:
+    def __init__(self, config: Optional[CodecConfig] = None, encoder: Optional[nn.Module] = None,
+                 quantizer: Optional[ResidualVQ] = None, decoder: Optional[nn.Module] = None) -> None:
+        """Compose ``encoder``, ``quantizer`` and ``decoder`` (each built from ``config`` when not given; a
+        ready-built part must match the config's latent size, hop and sample rate)."""
         super().__init__()
-        from .quantization import ResidualVQ
-
         self.config = config or CodecConfig()
-        c = self.config
-        self.encoder = FourierEncoder(c) if c.encoder_type == "fourier" else Encoder(c)
-        self.quantizer = ResidualVQ(input_dim=c.latent_dim, rvq_dim=c.rvq_dim or None, output_dim=c.latent_dim,
-                                    num_quantizers=c.num_quantizers, codebook_size=c.codebook_size,
-                                    codebook_dim=c.codebook_dim, use_ema=c.use_ema, decay=c.decay,
-                                    kmeans_init=c.kmeans_init, threshold_ema_dead_code=c.threshold_ema_dead_code,
-                                    commitment_weight=c.commitment_weight, codebook_weight=c.codebook_weight,
-                                    quantizer_dropout=c.quantizer_dropout)
-        self.decoder = FourierDecoder(c) if c.decoder_type == "fourier" else Decoder(c)
+        self.encoder = encoder if encoder is not None else build_encoder(self.config)
+        self.quantizer = quantizer if quantizer is not None else build_quantizer(self.config)
+        self.decoder = decoder if decoder is not None else build_decoder(self.config)
         self.weights_hash: Optional[str] = None
         #: offline encode/decode run in blocks of this many frames through the streaming states (same results,
         #: cache-friendly, memory flat in the signal length); not a weight or config field.
@@ -282,14 +145,6 @@ class CodecModel(nn.Module):
         return {"encoder": enc, "decoder": dec, "quantizer": q, "total": enc + dec + q,
                 "trainable": sum(p.numel() for p in self.parameters() if p.requires_grad)}
 
-    def macs_per_frame(self) -> dict:
-        """Multiply-accumulates per frame (encoder, decoder; quantizer with all levels) -> dict."""
-        c = self.config
-        rvq_dim = c.rvq_dim or c.latent_dim
-        rvq = c.num_quantizers * (rvq_dim * c.codebook_dim + c.codebook_dim * c.codebook_size)
-        return {"encoder": int(self.encoder.macs_per_frame()), "decoder": int(self.decoder.macs_per_frame()),
-                "rvq_all_levels": int(rvq)}
-
     # ------------------------------------------------------------------ input handling
     def _prepare(self, wav, sample_rate: Optional[int], lengths) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Any of ``[T]``, ``[C, T]``, ``[B, C, T]`` (tensor or numpy, any rate) -> float32 ``[B, 1, T']`` on the
@@ -320,28 +175,11 @@ class CodecModel(nn.Module):
         return x.to(self.device), lengths
 
     # ------------------------------------------------------------------ exact encoding
-    def _quantize_exact(self, latent_cl: torch.Tensor, nq: int) -> torch.Tensor:
-        """latent [B, F, D] (channels-last) -> codes [B, nq, F], quantizer run on fixed blocks of 64 frames."""
-        B, Fr, D = latent_cl.shape
-        rows = latent_cl.reshape(B * Fr, D).float()
-        n = rows.shape[0]
-        if n == 0:
-            return torch.zeros(B, nq, 0, dtype=torch.long, device=latent_cl.device)
-        nb = -(-n // QBLOCK)
-        pad = rows.new_zeros(nb * QBLOCK, D)
-        pad[:n] = rows
-        out = []
-        for i in range(nb):
-            blk = pad[i * QBLOCK:(i + 1) * QBLOCK].t().unsqueeze(0).contiguous()  # [1, D, 64]
-            out.append(self.quantizer.encode(blk, None, n_q=nq)[0])  # [nq, 64]
-        codes = torch.cat(out, dim=1)[:, :n]
-        return codes.reshape(nq, B, Fr).permute(1, 0, 2).contiguous()
-
     def _encode_frames_exact(self, x: torch.Tensor, nq: int) -> torch.Tensor:
         """x [B, 1, n*hop] -> codes [B, nq, n] (uses installed streaming states if any)."""
         dt = torch.float32
         latent = self.encoder.forward_exact(x.to(dt).transpose(1, 2))
-        return self._quantize_exact(latent, nq)
+        return self.quantizer.encode_exact(latent, nq)
 
     def _encode_blocks(self, x: torch.Tensor, nq: int) -> torch.Tensor:
         """x [B, 1, F*hop] -> codes [B, nq, F], processed in blocks of ``block_frames`` frames with streaming
@@ -481,13 +319,6 @@ class CodecModel(nn.Module):
     def stream_decoder(self, batch_size: int = 1) -> "StreamDecoder":
         """Streaming decoder for ``batch_size`` independent streams (no added latency)."""
         return StreamDecoder(self, batch_size)
-
-    # ------------------------------------------------------------------ io
-    def save_pretrained(self, directory) -> str:
-        """Write ``config.json`` + ``model.safetensors`` (see :func:`codec.pretrained.save_pretrained`)."""
-        from .pretrained import save_pretrained
-
-        return save_pretrained(self, directory)
 
 
 class _Stream:

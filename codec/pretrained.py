@@ -34,6 +34,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 
 from .errors import CodecError
+from .model import CodecModel
 
 FORMAT = "codec-model-1"
 CONFIG_NAME = "config.json"
@@ -131,7 +132,7 @@ def file_hash(path: PathLike) -> str:
     return h.hexdigest()[:16]
 
 
-def save_pretrained(model, directory: PathLike) -> str:
+def save_pretrained(model: CodecModel, directory: PathLike) -> str:
     """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created); keeps an existing README.md.
 
     Returns the weights hash (also set on ``model.weights_hash``)."""
@@ -334,8 +335,6 @@ def load(path_or_name: Optional[PathLike], device: Optional[Union[str, torch.dev
     are resolved by :func:`resolve`.  Sets ``model.weights_hash`` and ``model.model_dir``."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
-
-    from .model import CodecModel
 
     d = resolve(path_or_name)
     cfg = load_config(d)

@@ -14,10 +14,11 @@ def make_tiny_model_dir(path: Path, seed: int = 0, **overrides) -> Path:
     import torch
 
     from codec import CodecConfig, CodecModel
+    from codec.pretrained import save_pretrained
 
     torch.manual_seed(seed)
     model = CodecModel(CodecConfig.preset("tiny", **overrides)).eval()
-    model.save_pretrained(str(path))
+    save_pretrained(model, str(path))
     return path
 
 

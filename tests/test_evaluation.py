@@ -12,6 +12,7 @@ from codec.eval import harness as E
 from codec.audio import load_audio, save_audio
 from codec.cli import main
 from codec.errors import CodecError
+from codec.pretrained import save_pretrained
 
 SAMPLE = Path(__file__).resolve().parents[1] / "pretrained" / "samples" / "speech_it.wav"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -41,7 +42,7 @@ def model_dir(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp("model")
-    CodecModel(CodecConfig.preset("tiny", sample_rate=16000)).save_pretrained(d)
+    save_pretrained(CodecModel(CodecConfig.preset("tiny", sample_rate=16000)), d)
     return d
 
 

@@ -10,6 +10,7 @@ import codec
 from codec.config import CodecConfig
 from codec.errors import CodecError
 from codec.model import CodecModel
+from codec.pretrained import save_pretrained
 
 
 @pytest.fixture()
@@ -17,7 +18,7 @@ def saved(tmp_path):
     torch.manual_seed(0)
     m = CodecModel(CodecConfig.preset("tiny")).eval()
     d = tmp_path / "m"
-    h = m.save_pretrained(d)
+    h = save_pretrained(m, d)
     return m, d, h
 
 
@@ -38,7 +39,7 @@ def test_round_trip_and_hash(saved):
 def test_readme_is_kept(saved):
     m, d, _ = saved
     (d / "README.md").write_text("card")
-    m.save_pretrained(d)
+    save_pretrained(m, d)
     assert (d / "README.md").read_text() == "card"
 
 

@@ -56,7 +56,7 @@ def benchmark_model(model, seconds: float = 10.0, nq: int = 8, threads: int = 2,
         return {"seconds": float(seconds), "nq": nq, "threads": torch.get_num_threads(),
                 "encode_x_realtime": seconds / e, "decode_x_realtime": seconds / d,
                 "encode_s": e, "decode_s": d, "params": model.num_parameters(),
-                "macs_per_frame": model.macs_per_frame(), "latency_ms": model.latency_ms}
+                "macs_per_frame": codec_macs_per_frame(model), "latency_ms": model.latency_ms}
     finally:
         torch.set_num_threads(old)
 
@@ -86,7 +86,7 @@ def benchmark_encodec(seconds: float = 10.0, nq: int = 8, threads: int = 2, repe
     ``repeats`` on the same noise-like input) so that the two figures compare like with like.
 
     Returns ``{"seconds", "nq", "threads", "encode_x_realtime", "decode_x_realtime", "encode_s", "decode_s",
-    "params", "macs_per_frame"}`` (MACs counted from the convolution and LSTM shapes)."""
+    "params", "macs_per_frame"}`` (MACs counted by :func:`macs_per_frame`)."""
     model, sr = load_encodec_reference(nq)
     old = _threads(threads)
     try:
@@ -97,41 +97,71 @@ def benchmark_encodec(seconds: float = 10.0, nq: int = 8, threads: int = 2, repe
         return {"seconds": float(seconds), "nq": levels, "threads": torch.get_num_threads(),
                 "encode_x_realtime": seconds / e, "decode_x_realtime": seconds / d, "encode_s": e, "decode_s": d,
                 "params": sum(p.numel() for p in model.parameters()),
-                "macs_per_frame": _macs_per_frame(model, sr)}
+                "macs_per_frame": macs_per_frame(model, sr)}
     finally:
         torch.set_num_threads(old)
 
 
-def _macs_per_frame(model: torch.nn.Module, sample_rate: int) -> Dict[str, float]:
-    """Multiply-accumulates per frame of ``model.encoder`` and ``model.decoder`` (Conv1d, ConvTranspose1d and
-    LSTM layers), counted with forward hooks on one second of silence."""
+def _layer_macs(mod: torch.nn.Module, inp, out) -> int:
+    """Multiply-accumulates of one call of a counted layer (0 for other modules; children count themselves)."""
+    from codec.nn.conv import StreamingConv1d, StreamingConvTranspose1d
+    from codec.nn.fourier import CausalSTFT, ConvNeXtBlock, ISTFTHead
+
+    if isinstance(mod, (torch.nn.Conv1d, StreamingConv1d)):  # per output position
+        groups = mod.groups if isinstance(mod, torch.nn.Conv1d) else 1
+        k = mod.kernel_size[0] if isinstance(mod, torch.nn.Conv1d) else mod.kernel_size
+        return out.shape[-1] * mod.out_channels * mod.in_channels // groups * k
+    if isinstance(mod, (torch.nn.ConvTranspose1d, StreamingConvTranspose1d)):  # per input position
+        groups = mod.groups if isinstance(mod, torch.nn.ConvTranspose1d) else 1
+        k = mod.kernel_size[0] if isinstance(mod, torch.nn.ConvTranspose1d) else mod.kernel_size
+        return inp[0].shape[-1] * mod.out_channels * mod.in_channels // groups * k
+    if isinstance(mod, torch.nn.LSTM):
+        steps = inp[0].shape[1 if mod.batch_first else 0]
+        return steps * mod.num_layers * 4 * mod.hidden_size * (mod.hidden_size + mod.input_size)
+    if isinstance(mod, torch.nn.Linear):  # per row
+        return out.numel() // out.shape[-1] * mod.in_features * mod.out_features
+    if isinstance(mod, CausalSTFT):  # the DFT basis GEMM per frame
+        return out.shape[1] * mod.n_fft * 2 * mod.bins
+    if isinstance(mod, ConvNeXtBlock):  # the depthwise conv (its linears count themselves)
+        return out.shape[1] * mod.kernel_size * mod.dim
+    if isinstance(mod, ISTFTHead):  # the inverse DFT per frame (its projection counts itself)
+        return inp[0].shape[1] * mod.n_fft * mod.bins * 2
+    return 0
+
+
+def macs_per_frame(model: torch.nn.Module, samples: int) -> Dict[str, float]:
+    """Multiply-accumulates per frame of ``model.encoder`` and ``model.decoder``, counted with forward hooks on
+    every layer while ``samples`` of silence ``[1, 1, samples]`` are encoded and decoded (convolutions,
+    transposed convolutions, LSTMs, linears, and the STFT / depthwise conv / inverse STFT of the Fourier
+    layers; element-wise ops and norms are not counted).  Works for :class:`codec.model.CodecModel` and for
+    EnCodec.  ``samples`` must be a whole number of frames."""
     counts = {"encoder": 0, "decoder": 0}
-    hooks = []
 
     def hook(part: str):
         def count(mod, inp, out):
-            if isinstance(mod, torch.nn.Conv1d):
-                counts[part] += out.shape[-1] * mod.out_channels * mod.in_channels // mod.groups * mod.kernel_size[0]
-            elif isinstance(mod, torch.nn.ConvTranspose1d):
-                counts[part] += inp[0].shape[-1] * mod.out_channels * mod.in_channels // mod.groups * mod.kernel_size[0]
-            elif isinstance(mod, torch.nn.LSTM):
-                steps = inp[0].shape[1 if mod.batch_first else 0]
-                counts[part] += steps * mod.num_layers * 4 * mod.hidden_size * (mod.hidden_size + mod.input_size)
+            counts[part] += _layer_macs(mod, inp, out)
         return count
 
-    for part in counts:
-        for mod in getattr(model, part).modules():
-            if isinstance(mod, (torch.nn.Conv1d, torch.nn.ConvTranspose1d, torch.nn.LSTM)):
-                hooks.append(mod.register_forward_hook(hook(part)))
+    hooks = [mod.register_forward_hook(hook(part)) for part in counts for mod in getattr(model, part).modules()]
     try:
         with torch.inference_mode():
-            latent = model.encoder(torch.zeros(1, 1, sample_rate))
+            latent = model.encoder(torch.zeros(1, 1, int(samples)))
             model.decoder(latent)
     finally:
         for h in hooks:
             h.remove()
     frames = latent.shape[-1]
     return {part: n / frames for part, n in counts.items()}
+
+
+def codec_macs_per_frame(model) -> Dict[str, int]:
+    """MACs per frame of a :class:`codec.model.CodecModel`: encoder, decoder (:func:`macs_per_frame` on 8 frames)
+    and the quantizer with all levels (input projection and distance GEMM of every level)."""
+    c = model.config
+    counted = macs_per_frame(model, 8 * model.hop_length)
+    rvq_dim = c.rvq_dim or c.latent_dim
+    rvq = c.num_quantizers * (rvq_dim * c.codebook_dim + c.codebook_dim * c.codebook_size)
+    return {"encoder": int(counted["encoder"]), "decoder": int(counted["decoder"]), "rvq_all_levels": int(rvq)}
 
 
 def benchmark_streaming(model, chunk_ms: Optional[float] = None, seconds: float = 5.0, nq: int = 8,

@@ -1,4 +1,5 @@
-"""Neural layers of the codec: causal/streamable convolutions, activations, streaming state.
+"""Neural layers of the codec: causal/streamable convolutions, activations, streaming state; the two layer
+families live in :mod:`codec.nn.seanet` (time domain) and :mod:`codec.nn.fourier` (frame rate).
 
 Public: :class:`StreamingModule`, :class:`StreamingConv1d`, :class:`StreamingConvTranspose1d`,
 :class:`Snake`, :class:`ELU`, :func:`make_activation`, :func:`exact_linear`.

@@ -119,9 +119,6 @@ class StreamingConv1d(_WeightNorm):
         return {"ctx": torch.zeros(batch_size, self.in_channels, self.context, device=device, dtype=dtype),
                 "ctx_cl": torch.zeros(batch_size, self.context, self.in_channels, device=device, dtype=dtype)}
 
-    def macs_per_output(self) -> int:
-        """Multiply-accumulates per output position."""
-        return self.in_channels * self.kernel_size * self.out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, C_in, T] -> [B, C_out, T // stride] (channels-first, differentiable)."""
@@ -225,9 +222,6 @@ class StreamingConvTranspose1d(_WeightNorm):
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Dict[str, torch.Tensor]:
         return {"pending": torch.zeros(batch_size, self.out_channels, self.overlap, device=device, dtype=dtype)}
 
-    def macs_per_output(self) -> int:
-        """Multiply-accumulates per output sample."""
-        return self.in_channels * self.out_channels * self.kernel_size // self.stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, C_in, T] -> [B, C_out, T * stride]."""

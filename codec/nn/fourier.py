@@ -119,8 +119,6 @@ class CausalSTFT(StreamingModule):
         spec = exact_linear(fr.reshape(B * Fr, W), self.basis.to(x.dtype), EXACT_BLOCK_ROWS)
         return self._features(spec.reshape(B, Fr, -1))
 
-    def macs_per_frame(self) -> int:
-        return self.n_fft * 2 * self.bins
 
 
 class ConvNeXtBlock(StreamingModule):
@@ -169,8 +167,6 @@ class ConvNeXtBlock(StreamingModule):
         h = self.pw2.forward_exact(_exact_silu(self.pw1.forward_exact(self.norm.forward_exact(self._dwconv(x)))))
         return x + self.gamma.to(x.dtype) * h
 
-    def macs_per_frame(self) -> int:
-        return self.kernel_size * self.dim + 2 * self.dim * self.pw1.out_features
 
 
 class ISTFTHead(StreamingModule):
@@ -230,8 +226,6 @@ class ISTFTHead(StreamingModule):
         self._stream["pending"] = torch.zeros_like(tail)
         return tail
 
-    def macs_per_frame(self) -> int:
-        return self.proj.in_features * self.proj.out_features + self.n_fft * self.bins * 2
 
 
 class FourierEncoder(nn.Module):
@@ -261,10 +255,6 @@ class FourierEncoder(nn.Module):
             h = b.forward_exact(h)
         return self.proj_out.forward_exact(self.norm.forward_exact(h))
 
-    def macs_per_frame(self) -> int:
-        lin = self.proj_in.in_features * self.proj_in.out_features + self.proj_out.in_features * \
-            self.proj_out.out_features
-        return self.stft.macs_per_frame() + lin + sum(b.macs_per_frame() for b in self.blocks)
 
 
 class FourierDecoder(nn.Module):
@@ -292,6 +282,3 @@ class FourierDecoder(nn.Module):
         """Streaming: the pending tail ``[B, 1, delay]``."""
         return self.head.flush()[:, None]
 
-    def macs_per_frame(self) -> int:
-        return self.proj_in.in_features * self.proj_in.out_features + sum(b.macs_per_frame() for b in self.blocks) \
-            + self.head.macs_per_frame()

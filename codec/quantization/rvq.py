@@ -19,6 +19,10 @@ from torch import nn
 
 from .vq import Codebook, VectorQuantize, _versions, code_stats
 
+#: frames per quantizer call in :meth:`ResidualVQ.encode_exact` (one fixed shape, so codes never depend on the
+#: batch or the chunking)
+EXACT_BLOCK_FRAMES = 64
+
 
 @dataclass
 class RVQOutput:
@@ -242,6 +246,23 @@ class ResidualVQ(nn.Module):
             codes, _, _, _ = self._encode_rows(self._rows(x3, mask), n_q)
             out = self._scatter(codes, mask, -1)
         return out[0].t().contiguous() if was_2d else out
+
+    @torch.no_grad()
+    def encode_exact(self, latent: torch.Tensor, n_q: int) -> torch.Tensor:
+        """Codes of channels-last latents ``[B, F, input_dim]`` -> ``[B, n_q, F]``, bit-identical for a frame
+        whatever the batch, length or chunking: the rows go through :meth:`encode` in fixed-shape blocks of
+        :data:`EXACT_BLOCK_FRAMES` (the last one zero-padded)."""
+        B, Fr, D = latent.shape
+        rows = latent.reshape(B * Fr, D).float()
+        n = rows.shape[0]
+        if n == 0:
+            return torch.zeros(B, n_q, 0, dtype=torch.long, device=latent.device)
+        nb = -(-n // EXACT_BLOCK_FRAMES)
+        padded = rows.new_zeros(nb * EXACT_BLOCK_FRAMES, D)
+        padded[:n] = rows
+        blocks = padded.reshape(nb, EXACT_BLOCK_FRAMES, D)
+        codes = torch.cat([self.encode(b.t().unsqueeze(0).contiguous(), None, n_q=n_q)[0] for b in blocks], 1)
+        return codes[:, :n].reshape(n_q, B, Fr).permute(1, 0, 2).contiguous()
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:

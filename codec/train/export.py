@@ -3,7 +3,7 @@
 ``python -m codec.train.export RUN_DIR OUT_DIR [--checkpoint best|latest|FILE]`` (or
 ``codec train --export RUN_DIR OUT_DIR``): loads the best checkpoint (by validation loss; the latest one
 when no validation ran), takes the EMA weights when the run used EMA, writes the model with
-``model.save_pretrained(OUT_DIR)`` (safetensors + config.json), the discriminators as
+``save_pretrained(model, OUT_DIR)`` (safetensors + config.json), the discriminators as
 ``discriminator.safetensors`` (for fine-tuning with ``model.init_from``) and a ``README.md`` model card
 (data, steps, hours, metrics).
 """
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
 from codec.errors import CodecError
+from codec.pretrained import save_pretrained
 
 __all__ = ["export_run", "model_card", "main"]
 
@@ -111,7 +112,7 @@ def export_run(run_dir: Union[str, Path], out_dir: Union[str, Path], checkpoint:
     model.load_state_dict(weights)
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out_dir))
+    save_pretrained(model, str(out_dir))
     if state.get("disc") is not None:
         from safetensors.torch import save_file
 

@@ -101,29 +101,24 @@ def snr(ref: ArrayLike, est: ArrayLike, eps: float = 1e-12) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-# Slaney mel scale constants: linear (200/3 Hz per mel) below 1 kHz, log step ln(6.4)/27 above.
-_F_SP = 200.0 / 3
-_MIN_LOG_HZ = 1000.0
-_MIN_LOG_MEL = _MIN_LOG_HZ / _F_SP
-_LOGSTEP = math.log(6.4) / 27.0
-
-
 def hz_to_mel(f: Union[float, np.ndarray]) -> Union[float, np.ndarray]:
-    """Slaney mel scale (linear below 1 kHz, logarithmic above), as used by most codec losses."""
-    f = np.asarray(f, dtype=np.float64)
-    log_part = _MIN_LOG_MEL + np.log(np.maximum(f, 1e-10) / _MIN_LOG_HZ) / _LOGSTEP
-    return np.where(f >= _MIN_LOG_HZ, log_part, f / _F_SP)
+    """Slaney mel scale (linear below 1 kHz, logarithmic above), as used by most codec losses (librosa's)."""
+    import librosa
+
+    return librosa.hz_to_mel(np.asarray(f, dtype=np.float64), htk=False)
 
 
 def mel_to_hz(m: Union[float, np.ndarray]) -> Union[float, np.ndarray]:
     """Inverse of :func:`hz_to_mel`."""
-    m = np.asarray(m, dtype=np.float64)
-    return np.where(m >= _MIN_LOG_MEL, _MIN_LOG_HZ * np.exp(_LOGSTEP * (m - _MIN_LOG_MEL)), _F_SP * m)
+    import librosa
+
+    return librosa.mel_to_hz(np.asarray(m, dtype=np.float64), htk=False)
 
 
 def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0,
                    fmax: Optional[float] = None) -> np.ndarray:
-    """Triangular mel filterbank with Slaney area normalisation.
+    """Triangular mel filterbank on the Slaney scale with Slaney area normalisation (``librosa.filters.mel``):
+    the one filterbank of codec, used by the evaluation metrics and the training losses.
 
     Args:
         sample_rate: sample rate in Hz.
@@ -133,17 +128,10 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0,
     Returns:
         ``[n_mels, n_fft // 2 + 1]`` float32 weights.
     """
-    fmax = sample_rate / 2 if fmax is None else fmax
-    freqs = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
-    mels = np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2)
-    edges = mel_to_hz(mels)
-    fdiff = np.diff(edges)
-    ramps = edges[:, None] - freqs[None, :]
-    lower = -ramps[:-2] / np.maximum(fdiff[:-1, None], 1e-10)
-    upper = ramps[2:] / np.maximum(fdiff[1:, None], 1e-10)
-    w = np.maximum(0.0, np.minimum(lower, upper))
-    enorm = 2.0 / np.maximum(edges[2:n_mels + 2] - edges[:n_mels], 1e-10)
-    return (w * enorm[:, None]).astype(np.float32)
+    import librosa
+
+    return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=False,
+                               norm="slaney", dtype=np.float32)
 
 
 @functools.lru_cache(maxsize=64)

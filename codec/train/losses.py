@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from codec.eval.metrics import mel_filterbank as _mel_fb
+
 __all__ = [
     "mel_filterbank",
     "sample_mask",
@@ -32,34 +34,10 @@ __all__ = [
 ]
 
 
-def _hz_to_mel(f: np.ndarray) -> np.ndarray:
-    # Slaney scale: linear below 1 kHz, logarithmic above
-    f = np.asarray(f, dtype=np.float64)
-    f_sp, min_log_hz = 200.0 / 3, 1000.0
-    min_log_mel, logstep = min_log_hz / f_sp, math.log(6.4) / 27.0
-    return np.where(f >= min_log_hz, min_log_mel + np.log(np.maximum(f, 1e-10) / min_log_hz) / logstep, f / f_sp)
-
-
-def _mel_to_hz(m: np.ndarray) -> np.ndarray:
-    m = np.asarray(m, dtype=np.float64)
-    f_sp, min_log_hz = 200.0 / 3, 1000.0
-    min_log_mel, logstep = min_log_hz / f_sp, math.log(6.4) / 27.0
-    return np.where(m >= min_log_mel, min_log_hz * np.exp(logstep * (m - min_log_mel)), f_sp * m)
-
-
 def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0,
                    fmax: Optional[float] = None) -> Tensor:
-    """Triangular Slaney-normalised mel filterbank ``[n_mels, n_fft // 2 + 1]`` (float32 tensor)."""
-    fmax = sample_rate / 2 if fmax is None else fmax
-    freqs = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
-    edges = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
-    fdiff = np.diff(edges)
-    ramps = edges[:, None] - freqs[None, :]
-    lower = -ramps[:-2] / np.maximum(fdiff[:-1, None], 1e-10)
-    upper = ramps[2:] / np.maximum(fdiff[1:, None], 1e-10)
-    w = np.maximum(0.0, np.minimum(lower, upper))
-    w = w * (2.0 / np.maximum(edges[2:n_mels + 2] - edges[:n_mels], 1e-10))[:, None]
-    return torch.from_numpy(w.astype(np.float32))
+    """:func:`codec.eval.metrics.mel_filterbank` as a float32 tensor ``[n_mels, n_fft // 2 + 1]``."""
+    return torch.from_numpy(_mel_fb(sample_rate, n_fft, n_mels, fmin, fmax))
 
 
 def sample_mask(lengths: Optional[Tensor], batch: int, length: int, device: torch.device) -> Tensor:

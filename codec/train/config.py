@@ -44,7 +44,6 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "max_gain_db": 20.0,         # never amplify a crop by more than this (silence stays silence)
         "valid_items": 16,           # number of validation utterances used
         "valid_max_seconds": 10.0,   # validation utterances are cut to this length
-        "valid_batch_size": 1,
     },
     "loss": {
         "mel": 15.0,

@@ -12,283 +12,87 @@ gradient clipping, optional weight EMA, bf16 autocast on CUDA, DDP via torchrun 
 here; the quantizer synchronises its own EMA statistics), atomic checkpoints every N steps and on
 exit (SIGINT/SIGTERM save and stop cleanly), exact resume (RNG states + data position), TensorBoard
 and ``metrics.jsonl`` logging, validation mel distance / SI-SDR per nq.
+
+The parts live in their own modules: :mod:`.build` (the model), :mod:`.optim` (optimisers, schedules, EMA),
+:mod:`.checkpoint` (checkpoint files, RNG states), :mod:`.ddp` (torch.distributed helpers) and
+:mod:`.validation` (metrics).  The config is read as given: :func:`codec.train.config.load_config` has filled
+every key with its default (:data:`codec.train.config.DEFAULTS`).
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
-import math
-import os
 import random
-import re
 import signal
 import sys
+import threading
 import time
 import warnings
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader
 
 from codec.errors import CodecError
 
+from . import ddp
+from .build import build_model
+from .checkpoint import (CKPT_PATTERN, find_latest_checkpoint, load_checkpoint, rng_state, set_rng_state,
+                         write_checkpoint)
 from .config import dump_config
 from .data import CropDataset, StepBatchSampler, ValidDataset, collate, read_items, worker_init_fn
+from .ddp import setup_distributed
 from .discriminators import Discriminators
 from .losses import (MultiResolutionSTFTLoss, MultiScaleMelLoss, PhaseAwareSTFTLoss, discriminator_adversarial_loss,
-                     feature_matching_loss, generator_adversarial_loss, masked_l1, mel_filterbank,
-                     sample_mask)
+                     feature_matching_loss, generator_adversarial_loss, masked_l1, sample_mask)
+from .optim import LRSchedule, build_optimizers
+from .validation import evaluate_items, spectrogram_image, valid_nq
 
 __all__ = ["Trainer", "build_model", "find_latest_checkpoint", "load_checkpoint", "LRSchedule",
            "setup_distributed", "CKPT_PATTERN"]
 
-CKPT_PATTERN = re.compile(r"^ckpt_(\d{8})\.pt$")
+
+@dataclasses.dataclass
+class _Window:
+    """Losses and throughput accumulated since the last log line."""
+
+    sums: Dict[str, float] = dataclasses.field(default_factory=dict)
+    steps: int = 0
+    audio_s: float = 0.0
+    wall_s: float = 0.0
+
+    def add(self, logs: Dict[str, Any], audio_s: float, wall_s: float) -> None:
+        for k, v in logs.items():
+            if isinstance(v, float):
+                self.sums[k] = self.sums.get(k, 0.0) + v
+        self.steps += 1
+        self.audio_s += audio_s
+        self.wall_s += wall_s
+
+    def means(self) -> Dict[str, float]:
+        return {k: v / max(1, self.steps) for k, v in self.sums.items()}
+
+    def throughput(self) -> float:
+        return self.audio_s / max(self.wall_s, 1e-9)
 
 
-# ---------------------------------------------------------------------------------------------
-# helpers
-# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class _Run:
+    """State of one ``fit`` call: the batch iterator, the progress bar and how the run ended."""
 
-def setup_distributed(device_pref: str = "auto") -> Tuple[int, int, int, torch.device]:
-    """Initialise torch.distributed from torchrun env vars (RANK, WORLD_SIZE, LOCAL_RANK) when WORLD_SIZE > 1.
+    batches: Any
+    pbar: Any = None
+    window: _Window = dataclasses.field(default_factory=_Window)
+    throughput: float = 0.0
+    stopped: Optional[str] = None
+    saved_at: int = -1
+    start: float = dataclasses.field(default_factory=time.time)
 
-    Returns ``(rank, world_size, local_rank, device)``; backend nccl on CUDA, gloo on CPU.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and device_pref in ("auto", "cuda")
-    if device_pref == "cuda" and not torch.cuda.is_available():
-        raise CodecError("train.device is 'cuda' but no CUDA device is available.")
-    device = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    if dist.is_initialized():
-        rank, world = dist.get_rank(), dist.get_world_size()
-    return rank, world, local, device
-
-
-def build_model(model_cfg: Dict[str, Any]):
-    """CodecModel from a ``model`` config section (preset + CodecConfig field overrides, optional init_from)."""
-    from codec.config import CodecConfig
-    from codec.model import CodecModel
-
-    init_from = model_cfg.get("init_from")
-    overrides = dict(model_cfg.get("overrides") or {})
-    if init_from:
-        from codec import pretrained
-
-        base = pretrained.load(init_from, device="cpu")  # names and paths resolved by codec.pretrained.resolve
-        ccfg = base.config if hasattr(base, "config") else base.cfg
-        if overrides:
-            ccfg = _replace_config(ccfg, overrides)
-            model = CodecModel(ccfg)
-            missing = model.load_state_dict(base.state_dict(), strict=False)
-            if missing.missing_keys or missing.unexpected_keys:
-                warnings.warn(f"init_from: {len(missing.missing_keys)} missing / "
-                              f"{len(missing.unexpected_keys)} unexpected weights after overrides")
-        else:
-            model = base
-        model.train()
-        return model
-    try:
-        ccfg = CodecConfig.preset(model_cfg.get("preset") or "tiny")
-    except (KeyError, ValueError) as exc:
-        raise CodecError(f"unknown model preset '{model_cfg.get('preset')}' ({exc}).") from None
-    if overrides:
-        ccfg = _replace_config(ccfg, overrides)
-    return CodecModel(ccfg)
-
-
-def _replace_config(ccfg, overrides: Dict[str, Any]):
-    fields = {f.name: f for f in dataclasses.fields(ccfg)}
-    clean = {}
-    for k, v in overrides.items():
-        if k not in fields:
-            raise CodecError(f"unknown model override '{k}' (not a CodecConfig field).")
-        cur = getattr(ccfg, k)
-        if isinstance(cur, tuple) and isinstance(v, list):
-            v = tuple(v)
-        clean[k] = v
-    return dataclasses.replace(ccfg, **clean)
-
-
-def _model_config(model) -> Any:
-    return getattr(model, "config", None) or getattr(model, "cfg", None)
-
-
-class LRSchedule:
-    """Linear warm-up to ``lr`` then cosine (to ``min_lr_ratio * lr``), exponential or constant."""
-
-    def __init__(self, lr: float, total_steps: int, warmup: int = 0, decay: str = "cosine",
-                 min_ratio: float = 0.05, gamma: float = 0.999996):
-        self.lr, self.total, self.warmup = float(lr), max(1, int(total_steps)), int(warmup)
-        self.decay, self.min_ratio, self.gamma = decay, float(min_ratio), float(gamma)
-
-    def __call__(self, step: int) -> float:
-        if self.warmup > 0 and step < self.warmup:
-            return self.lr * (step + 1) / self.warmup
-        s = step - self.warmup
-        if self.decay == "cosine":
-            frac = min(1.0, s / max(1, self.total - self.warmup))
-            return self.lr * (self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
-        if self.decay == "exponential":
-            return self.lr * self.gamma ** s
-        return self.lr
-
-    def state_dict(self) -> Dict[str, Any]:
-        return {"lr": self.lr, "total": self.total, "warmup": self.warmup, "decay": self.decay,
-                "min_ratio": self.min_ratio, "gamma": self.gamma}
-
-
-class WeightEMA:
-    """Exponential moving average of a model's parameters (buffers are copied), kept on the model device."""
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = float(decay)
-        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        """Average parameters; copy buffers (e.g. EMA codebooks and their statistics) as they are."""
-        params = {k for k, _ in model.named_parameters()}
-        for k, v in model.state_dict().items():
-            s = self.shadow[k]
-            if v.dtype.is_floating_point and k in params:
-                s.mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
-            else:
-                s.copy_(v)
-
-    def state_dict(self) -> Dict[str, Tensor]:
-        return self.shadow
-
-    def load_state_dict(self, sd: Dict[str, Tensor]) -> None:
-        for k, v in sd.items():
-            if k in self.shadow:
-                self.shadow[k].copy_(v)
-
-
-def _rng_state() -> Dict[str, Any]:
-    np_state = np.random.get_state(legacy=False)
-    st = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
-                  "gauss": float(np_state["gauss"])},
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state_all()
-    return st
-
-
-def _set_rng_state(st: Dict[str, Any]) -> None:
-    torch.set_rng_state(st["torch"])
-    n = st["numpy"]
-    np.random.set_state({"bit_generator": "MT19937",
-                         "state": {"key": n["key"].numpy().astype(np.uint32), "pos": int(n["pos"])},
-                         "has_gauss": int(n["has_gauss"]), "gauss": float(n["gauss"])})
-    py = st["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
-
-
-def find_latest_checkpoint(out_dir: Path) -> Optional[Path]:
-    """Newest ``ckpt_XXXXXXXX.pt`` in ``out_dir`` (by step), or None."""
-    out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        return None
-    best = None
-    for f in out_dir.iterdir():
-        m = CKPT_PATTERN.match(f.name)
-        if m and (best is None or int(m.group(1)) > best[0]):
-            best = (int(m.group(1)), f)
-    return best[1] if best else None
-
-
-def load_checkpoint(path: Path) -> Dict[str, Any]:
-    """Load a training checkpoint (``weights_only=True``: tensors and plain containers only)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CodecError(f"checkpoint '{path}' does not exist.")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise CodecError(f"checkpoint '{path}' cannot be read ({type(exc).__name__}).") from None
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _local_si_sdr(ref: np.ndarray, est: np.ndarray) -> float:
-    n = min(len(ref), len(est))
-    r, e = ref[:n].astype(np.float64), est[:n].astype(np.float64)
-    r, e = r - r.mean(), e - e.mean()
-    a = np.dot(e, r) / (np.dot(r, r) + 1e-12)
-    t = a * r
-    return float(10 * np.log10((np.dot(t, t) + 1e-12) / (np.dot(t - e, t - e) + 1e-12)))
-
-
-def _metric_fns():
-    try:
-        from codec.eval.metrics import multiscale_mel_distance, si_sdr
-        return si_sdr, multiscale_mel_distance
-    except Exception:  # noqa: BLE001 - metrics module not available
-        mel = MultiScaleMelLoss(24000)
-
-        def _mel(ref, est, sample_rate):
-            m = MultiScaleMelLoss(sample_rate)
-            r = torch.as_tensor(ref, dtype=torch.float32)[None, None]
-            e = torch.as_tensor(est, dtype=torch.float32)[None, None]
-            n = min(r.shape[-1], e.shape[-1])
-            return float(m(r[..., :n], e[..., :n]))
-        del mel
-        return _local_si_sdr, _mel
-
-
-def _perceptual_metric_fns() -> Dict[str, Any]:
-    """``{"pesq": fn, "stoi": fn}`` for validation when the ``eval`` extras (pesq, pystoi) are installed."""
-    import importlib.util
-
-    if importlib.util.find_spec("pesq") is None or importlib.util.find_spec("pystoi") is None:
-        return {}
-    from codec.eval.metrics import pesq_wb, stoi
-
-    def guarded(fn):
-        def run(ref: np.ndarray, est: np.ndarray, sample_rate: int) -> float:
-            if len(ref) < sample_rate // 4:  # PESQ and STOI need at least 0.25 s: no value for a shorter clip
-                return float("nan")
-            return float(fn(ref, est, sample_rate))
-        return run
-    return {"pesq": guarded(pesq_wb), "stoi": guarded(stoi)}
-
-
-def _spectrogram_image(x: np.ndarray, sample_rate: int) -> np.ndarray:
-    """``[T]`` -> log-mel image ``[1, 80, frames]`` in [0, 1], low frequencies at the bottom."""
-    sig = torch.as_tensor(x, dtype=torch.float32)
-    win = 1024 if sample_rate > 16000 else 512
-    if sig.numel() < win:
-        sig = torch.nn.functional.pad(sig, (0, win - sig.numel()))
-    spec = torch.stft(sig, win, win // 4, window=torch.hann_window(win), return_complex=True).abs()
-    mel = torch.log10(mel_filterbank(sample_rate, win, 80) @ spec + 1e-5)
-    mel = (mel - mel.max() + 5.0).clamp_min(0) / 5.0
-    return mel.flip(0)[None].numpy()
-
-
-# ---------------------------------------------------------------------------------------------
-# Trainer
-# ---------------------------------------------------------------------------------------------
 
 class Trainer:
     """Train a CodecModel from a config dict (see :mod:`codec.train.config`).
@@ -300,18 +104,33 @@ class Trainer:
     def __init__(self, cfg: Dict[str, Dict[str, Any]], resume: Optional[str] = None):
         self.cfg = cfg
         tc = cfg["train"]
-        self.rank, self.world, self.local_rank, self.device = setup_distributed(str(tc.get("device", "auto")))
+        self.rank, self.world, self.local_rank, self.device = setup_distributed(str(tc["device"]))
         self.is_main = self.rank == 0
-        if int(tc.get("threads") or 0) > 0:
+        if int(tc["threads"] or 0) > 0:
             torch.set_num_threads(int(tc["threads"]))
         self.out_dir = Path(tc["out_dir"])
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.seed = int(tc["seed"])
-        torch.manual_seed(self.seed)
-        np.random.seed((self.seed + self.rank) % (2 ** 32))
-        random.seed(self.seed + self.rank)
+        self._seed_everything(int(tc["seed"]))
+        self._build_networks()
+        self._build_losses()
+        self.opt_g, self.opt_d, self.sched, self.dsched, self.ema = build_optimizers(
+            cfg["optim"], int(tc["steps"]), self.model, self.disc)
+        amp = str(tc["amp"]).lower()
+        self.amp_dtype = torch.bfloat16 if (self.device.type == "cuda" and amp in ("auto", "bf16")) else None
+        self._reset_counters()
+        self._read_items()
+        self._maybe_resume(resume if resume is not None else tc["resume"])
 
+    # -------------------------------------------------------------------------------- setup
+    def _seed_everything(self, seed: int) -> None:
+        self.seed = seed
+        torch.manual_seed(seed)
+        np.random.seed((seed + self.rank) % (2 ** 32))
+        random.seed(seed + self.rank)
+
+    def _build_networks(self) -> None:
+        cfg = self.cfg
         self.model = build_model(cfg["model"]).to(self.device)
         self.model.train()
         self.sample_rate = int(self.model.sample_rate)
@@ -320,32 +139,19 @@ class Trainer:
         self.disc = Discriminators(dc["periods"], int(dc["mpd_channels"]), dc["stft_windows"],
                                    int(dc["stft_channels"]), int(dc["mpd_max_channels"])
                                    ).to(self.device) if self.adv_enabled else None
-        if cfg["model"].get("init_from") and self.disc is not None and cfg["model"].get("init_discriminators", True):
-            self._init_disc_from(cfg["model"]["init_from"])
-        self._broadcast_parameters()
+        mc = cfg["model"]
+        if mc["init_from"] and self.disc is not None and mc["init_discriminators"]:
+            self._init_disc_from(mc["init_from"])
+        ddp.broadcast_parameters([self.model, self.disc])
 
-        lo = cfg["loss"]
+    def _build_losses(self) -> None:
+        lo = self.cfg["loss"]
         self.mel_loss = MultiScaleMelLoss(self.sample_rate, lo["mel_windows"], lo["mel_bands"]).to(self.device)
         self.stft_loss = MultiResolutionSTFTLoss(lo["stft_windows"]).to(self.device) if lo["stft"] else None
         self.phase_loss = PhaseAwareSTFTLoss(lo["phase_windows"]).to(self.device) \
             if (float(lo["complex"]) or float(lo["phase"])) else None
 
-        oc = cfg["optim"]
-        steps = int(oc.get("decay_steps") or tc["steps"])
-        self.sched = LRSchedule(float(oc["lr"]), steps, int(oc["warmup_steps"]), oc["decay"],
-                                float(oc["min_lr_ratio"]), float(oc["gamma"]))
-        self.dsched = LRSchedule(float(oc["disc_lr"] or oc["lr"]), steps, int(oc["warmup_steps"]), oc["decay"],
-                                 float(oc["min_lr_ratio"]), float(oc["gamma"]))
-        betas = tuple(float(b) for b in oc["betas"])
-        self.opt_g = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=self.sched(0),
-                                       betas=betas, weight_decay=float(oc["weight_decay"]))
-        self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=self.dsched(0), betas=betas,
-                                       weight_decay=float(oc["weight_decay"])) if self.disc is not None else None
-        self.ema = WeightEMA(self.model, float(oc["ema"])) if float(oc["ema"] or 0) > 0 else None
-
-        amp = str(tc.get("amp", "auto")).lower()
-        self.amp_dtype = torch.bfloat16 if (self.device.type == "cuda" and amp in ("auto", "bf16")) else None
-
+    def _reset_counters(self) -> None:
         self.step = 0
         self.best_valid: Optional[float] = None
         self.best_metrics: Dict[str, float] = {}
@@ -354,64 +160,25 @@ class Trainer:
         self.nonfinite_in_row = 0
         self.nonfinite_total = 0
         self._stop_signal: Optional[int] = None
+        self._resume_rng: Optional[Dict[str, Any]] = None
+        self._ref_logged = False
         self.writer = None
         self.last: Dict[str, float] = {}
 
-        dcfg = cfg["data"]
-        self.train_items = read_items(dcfg["train"], float(dcfg.get("min_seconds") or 0.0))
-        self.valid_items = read_items(dcfg["valid"]) if dcfg.get("valid") else None
+    def _read_items(self) -> None:
+        dcfg = self.cfg["data"]
+        self.train_items = read_items(dcfg["train"], float(dcfg["min_seconds"] or 0.0))
+        self.valid_items = read_items(dcfg["valid"]) if dcfg["valid"] else None
         self.train_hours = sum(float(it.get("duration", 0.0) or 0.0) for it in self.train_items) / 3600.0
 
-        resume = resume if resume is not None else tc.get("resume")
-        if resume:
-            ck = find_latest_checkpoint(self.out_dir) if str(resume) == "auto" else Path(resume)
-            if ck is not None:
-                self._load(ck)
-            elif self.is_main:
-                print(f"codec.train: no checkpoint in {self.out_dir}; starting from scratch", file=sys.stderr)
-
-    # -------------------------------------------------------------------------------- distributed
-    def _broadcast_parameters(self) -> None:
-        if self.world <= 1:
+    def _maybe_resume(self, resume: Optional[str]) -> None:
+        if not resume:
             return
-        for mod in (self.model, self.disc):
-            if mod is None:
-                continue
-            for t in list(mod.parameters()) + list(mod.buffers()):
-                dist.broadcast(t.data, 0)
-
-    def _allreduce_grads(self, params: List[nn.Parameter]) -> None:
-        if self.world <= 1:
-            return
-        grads = []
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            grads.append(p.grad)
-        if not grads:
-            return
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat /= self.world
-        off = 0
-        for g in grads:
-            n = g.numel()
-            g.copy_(flat[off:off + n].view_as(g))
-            off += n
-
-    def _all_true(self, flag: bool) -> bool:
-        if self.world <= 1:
-            return flag
-        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MIN)
-        return bool(t.item() > 0.5)
-
-    def _any_true(self, flag: bool) -> bool:
-        if self.world <= 1:
-            return flag
-        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item() > 0.5)
+        ck = find_latest_checkpoint(self.out_dir) if str(resume) == "auto" else Path(resume)
+        if ck is not None:
+            self._load(ck)
+        elif self.is_main:
+            print(f"codec.train: no checkpoint in {self.out_dir}; starting from scratch", file=sys.stderr)
 
     # -------------------------------------------------------------------------------- checkpoints
     def _init_disc_from(self, init_from: str) -> None:
@@ -431,19 +198,18 @@ class Trainer:
 
     def checkpoint_state(self) -> Dict[str, Any]:
         """Everything needed to resume: weights, optimisers, schedules, EMA, step, RNG, data position."""
-        ccfg = _model_config(self.model)
         return {
             "format": "codec-train-ckpt-1",
             "step": self.step,
             "model": self.model.state_dict(),
-            "model_config": json.loads(json.dumps(dataclasses.asdict(ccfg))) if ccfg is not None else None,
+            "model_config": json.loads(json.dumps(dataclasses.asdict(self.model.config))),
             "disc": self.disc.state_dict() if self.disc is not None else None,
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict() if self.opt_d is not None else None,
             "sched_g": self.sched.state_dict(),
             "sched_d": self.dsched.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "data": {"next_step": self.step, "world": self.world, "batch_size": int(self.cfg["data"]["batch_size"])},
             "best_valid": self.best_valid,
             "best_metrics": self.best_metrics,
@@ -458,19 +224,8 @@ class Trainer:
         """Write ``ckpt_<step>.pt`` atomically (rank 0), prune to ``keep_last``, and ``best.pt`` when ``best``."""
         if not self.is_main:
             return None
-        state = self.checkpoint_state()
-        path = self.out_dir / f"ckpt_{self.step:08d}.pt"
-        _atomic_torch_save(state, path)
-        if best:
-            _atomic_torch_save(state, self.out_dir / "best.pt")
-        keep = int(self.cfg["train"]["keep_last"])
-        ckpts = sorted(f for f in self.out_dir.iterdir() if CKPT_PATTERN.match(f.name))
-        for f in ckpts[:-keep] if keep > 0 else []:
-            try:
-                f.unlink()
-            except OSError:
-                pass
-        return path
+        return write_checkpoint(self.checkpoint_state(), self.out_dir, self.step,
+                                int(self.cfg["train"]["keep_last"]), best)
 
     def _load(self, path: Path) -> None:
         st = load_checkpoint(path)
@@ -494,7 +249,7 @@ class Trainer:
 
     # -------------------------------------------------------------------------------- logging
     def _open_writer(self) -> None:
-        if not self.is_main or not self.cfg["train"].get("tensorboard", True):
+        if not self.is_main or not self.cfg["train"]["tensorboard"]:
             return
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -514,12 +269,12 @@ class Trainer:
     def _train_loader(self) -> DataLoader:
         dc = self.cfg["data"]
         ds = CropDataset(self.train_items, self.sample_rate, float(dc["crop_seconds"]), self.seed,
-                         dc.get("loudness_db"), float(dc.get("max_gain_db", 20.0)))
+                         dc["loudness_db"], float(dc["max_gain_db"]))
         sampler = StepBatchSampler(int(dc["batch_size"]), self.step, self.rank, self.world)
         nw = int(dc["num_workers"])
         kw: Dict[str, Any] = {}
         if nw > 0:
-            kw = {"prefetch_factor": int(dc.get("prefetch_factor") or 2), "persistent_workers": False}
+            kw = {"prefetch_factor": int(dc["prefetch_factor"] or 2), "persistent_workers": False}
         return DataLoader(ds, batch_sampler=sampler, num_workers=nw, collate_fn=collate,
                           worker_init_fn=worker_init_fn, generator=torch.Generator().manual_seed(self.seed),
                           pin_memory=self.device.type == "cuda", **kw)
@@ -530,41 +285,64 @@ class Trainer:
             return torch.autocast("cpu", enabled=False)
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
+    def _adversarial_active(self) -> bool:
+        """Whether this step trains with the discriminators (present and past ``adversarial.start_step``)."""
+        return self.disc is not None and self.step >= int(self.cfg["adversarial"]["start_step"])
+
+    def _zero_grads(self) -> None:
+        self.opt_g.zero_grad(set_to_none=True)
+        if self.opt_d is not None:
+            self.opt_d.zero_grad(set_to_none=True)
+
     def train_step(self, wav: Tensor, lengths: Tensor) -> Optional[Dict[str, float]]:
         """One optimisation step on ``wav [B, 1, T]`` with ``lengths [B]``; None when skipped (non-finite)."""
-        lo, adv = self.cfg["loss"], self.cfg["adversarial"]
         wav, lengths = wav.to(self.device, non_blocking=True), lengths.to(self.device)
-        for g in self.opt_g.param_groups:
-            g["lr"] = self.sched(self.step)
-        use_adv = self.disc is not None and self.step >= int(adv["start_step"])
-        kind = adv["loss"]
+        self.sched.apply(self.opt_g, self.step)
+        use_adv = self._adversarial_active()
+        out, y, x_masked, y_masked = self._generate(wav, lengths)
+        logs: Dict[str, float] = {}
+        d_loss, real_f = self._discriminator_loss(x_masked, y_masked, logs) if use_adv else (None, None)
+        total = self._reconstruction_loss(wav, y, lengths, out.rvq, logs)
+        if use_adv:
+            total = total + self._generator_adversarial_loss(y_masked, real_f, logs)
+        logs["loss"] = float(total.detach())
+        d_ok = d_loss is None or bool(torch.isfinite(d_loss))
+        if not ddp.all_true(bool(torch.isfinite(total)) and d_ok, self.device):
+            self._zero_grads()
+            return None
+        if not self._backward_and_step(total, d_loss, logs):
+            return None
+        logs["lr"] = self.opt_g.param_groups[0]["lr"]
+        logs.update(self._codebook_logs(out.rvq))
+        return logs
+
+    def _generate(self, wav: Tensor, lengths: Tensor):
+        """Model forward -> (output, decoded ``y [B, 1, T]``, masked input, masked decoded audio)."""
         T = wav.shape[-1]
         smask = sample_mask(lengths, wav.shape[0], T, self.device).unsqueeze(1).to(wav.dtype)
-
         with self._autocast():
             out = self.model(wav, lengths=lengths)
         y = out.audio[..., :T].float()
         if y.shape[-1] < T:
             y = torch.nn.functional.pad(y, (0, T - y.shape[-1]))
-        y_masked = y * smask
-        x_masked = wav * smask
-        logs: Dict[str, float] = {}
+        return out, y, wav * smask, y * smask
 
-        # --- discriminator update
-        d_ok = True
-        if use_adv:
-            for g in self.opt_d.param_groups:
-                g["lr"] = self.dsched(self.step)
-            with self._autocast():
-                real_l, real_f = self.disc(x_masked)
-                fake_l, _ = self.disc(y_masked.detach())
-            real_f = [[t.detach() for t in r] for r in real_f]  # reused (detached) for feature matching
-            d_loss = discriminator_adversarial_loss([r.float() for r in real_l], [f.float() for f in fake_l], kind)
-            d_ok = bool(torch.isfinite(d_loss))
-            logs["d_loss"] = float(d_loss.detach())
+    def _discriminator_loss(self, x_masked: Tensor, y_masked: Tensor, logs: Dict[str, float]):
+        """Discriminator loss on real / detached fake audio -> (d_loss, detached real features)."""
+        self.dsched.apply(self.opt_d, self.step)
+        with self._autocast():
+            real_l, real_f = self.disc(x_masked)
+            fake_l, _ = self.disc(y_masked.detach())
+        real_f = [[t.detach() for t in r] for r in real_f]  # reused (detached) for feature matching
+        d_loss = discriminator_adversarial_loss([r.float() for r in real_l], [f.float() for f in fake_l],
+                                                self.cfg["adversarial"]["loss"])
+        logs["d_loss"] = float(d_loss.detach())
+        return d_loss, real_f
 
-        # --- generator losses (the decoder's last `delay` samples lack the frames after the crop: not scored)
-        rvq = out.rvq
+    def _reconstruction_loss(self, wav: Tensor, y: Tensor, lengths: Tensor, rvq, logs: Dict[str, float]) -> Tensor:
+        """Weighted mel (+ STFT, phase, L1) and quantizer losses.  The decoder's last ``delay`` samples lack the
+        frames after the crop: they are not scored."""
+        lo = self.cfg["loss"]
         lengths = (lengths - self.model.decoder_delay).clamp_min(0)
         mel = self.mel_loss(wav, y, lengths)
         total = float(lo["mel"]) * mel
@@ -581,100 +359,61 @@ class Trainer:
             l1 = masked_l1(wav, y, lengths)
             total = total + float(lo["l1"]) * l1
             logs["l1"] = float(l1.detach())
-        commit = rvq.commit_loss.float()
-        cb = rvq.codebook_loss.float() if torch.is_tensor(rvq.codebook_loss) else torch.tensor(float(rvq.codebook_loss))
-        total = total + float(lo["commitment"]) * commit + float(lo["codebook"]) * cb.to(total.device)
-        logs["commit"] = float(commit.detach())
-        logs["codebook"] = float(cb.detach())
-        if use_adv:
-            for p in self.disc.parameters():   # generator losses must not reach the discriminator's grads
-                p.requires_grad_(False)
-            try:
-                with self._autocast():
-                    fake_l, fake_f = self.disc(y_masked)
-            finally:
-                for p in self.disc.parameters():
-                    p.requires_grad_(True)
-            g_adv = generator_adversarial_loss([f.float() for f in fake_l], kind)
-            fm = feature_matching_loss([[t.float() for t in r] for r in real_f], [[t.float() for t in f] for f in fake_f])
-            total = total + float(lo["adversarial"]) * g_adv + float(lo["feature_matching"]) * fm
-            logs["g_adv"] = float(g_adv.detach())
-            logs["fm"] = float(fm.detach())
-        logs["loss"] = float(total.detach())
+        commit, cb = rvq.commit_loss.float(), rvq.codebook_loss.float()
+        logs["commit"], logs["codebook"] = float(commit.detach()), float(cb.detach())
+        return total + float(lo["commitment"]) * commit + float(lo["codebook"]) * cb.to(total.device)
 
-        finite = self._all_true(bool(torch.isfinite(total)) and d_ok)
-        if not finite:
-            self.opt_g.zero_grad(set_to_none=True)
-            if self.opt_d is not None:
-                self.opt_d.zero_grad(set_to_none=True)
-            return None
+    def _generator_adversarial_loss(self, y_masked: Tensor, real_f, logs: Dict[str, float]) -> Tensor:
+        """Weighted adversarial + feature-matching loss of the generator (discriminator weights frozen)."""
+        lo = self.cfg["loss"]
+        for p in self.disc.parameters():   # generator losses must not reach the discriminator's grads
+            p.requires_grad_(False)
+        try:
+            with self._autocast():
+                fake_l, fake_f = self.disc(y_masked)
+        finally:
+            for p in self.disc.parameters():
+                p.requires_grad_(True)
+        g_adv = generator_adversarial_loss([f.float() for f in fake_l], self.cfg["adversarial"]["loss"])
+        fm = feature_matching_loss([[t.float() for t in r] for r in real_f], [[t.float() for t in f] for f in fake_f])
+        logs["g_adv"], logs["fm"] = float(g_adv.detach()), float(fm.detach())
+        return float(lo["adversarial"]) * g_adv + float(lo["feature_matching"]) * fm
 
-        # discriminator backward/step first (its graph does not involve generator parameters)
+    def _backward_and_step(self, total: Tensor, d_loss: Optional[Tensor], logs: Dict[str, float]) -> bool:
+        """Backward, all-reduce, clip and step (discriminator first: its graph has no generator parameters);
+        False (nothing stepped) when the generator's gradient norm is not finite on some rank."""
         clip = float(self.cfg["optim"]["grad_clip"] or 0.0)
-        if use_adv:
+        if d_loss is not None:
             self.opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             dparams = [p for p in self.disc.parameters() if p.requires_grad]
-            self._allreduce_grads(dparams)
+            ddp.allreduce_grads(dparams)
             if clip > 0:
                 logs["d_grad_norm"] = float(torch.nn.utils.clip_grad_norm_(dparams, clip))
         self.opt_g.zero_grad(set_to_none=True)
         total.backward()
         gparams = [p for p in self.model.parameters() if p.requires_grad]
-        self._allreduce_grads(gparams)
+        ddp.allreduce_grads(gparams)
         gn = torch.nn.utils.clip_grad_norm_(gparams, clip if clip > 0 else float("inf"))
         logs["grad_norm"] = float(gn)
-        if not self._all_true(bool(torch.isfinite(gn))):
-            self.opt_g.zero_grad(set_to_none=True)
-            if self.opt_d is not None:
-                self.opt_d.zero_grad(set_to_none=True)
-            return None
-        if use_adv:
+        if not ddp.all_true(bool(torch.isfinite(gn)), self.device):
+            self._zero_grads()
+            return False
+        if d_loss is not None:
             self.opt_d.step()
         self.opt_g.step()
         if self.ema is not None:
             self.ema.update(self.model)
+        return True
 
-        logs["lr"] = self.opt_g.param_groups[0]["lr"]
-        for name in ("usage", "perplexity"):
-            v = getattr(rvq, name, None)
-            if torch.is_tensor(v) and v.numel():
-                logs[f"{name}_per_level"] = [round(float(a), 4) for a in v.detach().float().cpu()]
-        return logs
+    @staticmethod
+    def _codebook_logs(rvq) -> Dict[str, List[float]]:
+        return {f"{name}_per_level": [round(float(a), 4) for a in getattr(rvq, name).detach().float().cpu()]
+                for name in ("usage", "perplexity") if getattr(rvq, name).numel()}
 
     # -------------------------------------------------------------------------------- validation
     def _valid_nq(self) -> List[int]:
-        nqs = self.cfg["train"].get("valid_nq")
-        n = int(self.model.num_quantizers)
-        if nqs:
-            return sorted({min(int(q), n) for q in nqs})
-        out, q = [], 1
-        while q < n:
-            out.append(q)
-            q *= 2
-        return out + [n]
-
-    def _codebook_stats(self, codes: List[Tensor]) -> Dict[str, float]:
-        """Per-level usage (fraction of the codebook used) and perplexity over validation codes ``[nq, T]``."""
-        if not codes:
-            return {}
-        c = torch.cat(codes, dim=-1)
-        size = int(getattr(_model_config(self.model), "codebook_size", 0) or int(c.max()) + 1)
-        out: Dict[str, float] = {}
-        usages = []
-        for lvl in range(c.shape[0]):
-            v = c[lvl][c[lvl] >= 0]
-            if v.numel() == 0:
-                continue
-            h = torch.bincount(v, minlength=size).double()
-            p = h / h.sum()
-            ppl = float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))
-            out[f"codebook_usage/level{lvl:02d}"] = float((h > 0).double().mean())
-            out[f"codebook_perplexity/level{lvl:02d}"] = ppl
-            usages.append(out[f"codebook_usage/level{lvl:02d}"])
-        if usages:
-            out["codebook_usage/mean"] = float(np.mean(usages))
-        return out
+        return valid_nq(self.cfg["train"]["valid_nq"], self.model.num_quantizers)
 
     @torch.no_grad()
     def validate(self) -> Dict[str, float]:
@@ -683,11 +422,9 @@ class Trainer:
         Does not touch the global RNG streams (so validation never changes a resumed run)."""
         if not self.valid_items or not self.is_main:
             return {}
-        si_sdr, mel_dist = _metric_fns()
-        perceptual = _perceptual_metric_fns()
         dc = self.cfg["data"]
         ds = ValidDataset(self.valid_items, self.sample_rate, int(dc["valid_items"]),
-                          float(dc["valid_max_seconds"]), dc.get("loudness_db"), float(dc.get("max_gain_db", 20.0)))
+                          float(dc["valid_max_seconds"]), dc["loudness_db"], float(dc["max_gain_db"]))
         model = self.model
         backup = None
         if self.ema is not None:
@@ -695,50 +432,31 @@ class Trainer:
             model.load_state_dict(self.ema.state_dict())
         was_training = model.training
         model.eval()
-        nqs = self._valid_nq()
-        res: Dict[str, List[float]] = {}
-        samples = []
-        all_codes: List[Tensor] = []
         with torch.random.fork_rng(devices=[]):
             np_state = np.random.get_state()
-            for i in range(len(ds)):
-                x, n = ds[i]
-                wav = torch.from_numpy(x)[None].to(self.device)
-                for q in nqs:
-                    with self._autocast():
-                        codes = model.encode(wav, nq=q)
-                        y = model.decode(codes)
-                    if q == nqs[-1]:
-                        all_codes.append(codes[0].cpu())
-                    y = y[0, 0, :n].float().cpu().numpy()
-                    res.setdefault(f"mel/nq{q}", []).append(float(mel_dist(x[0], y, self.sample_rate)))
-                    res.setdefault(f"si_sdr/nq{q}", []).append(float(si_sdr(x[0], y)))
-                    for name, fn in perceptual.items():
-                        v = float(fn(x[0], y, self.sample_rate))
-                        if np.isfinite(v):
-                            res.setdefault(f"{name}/nq{q}", []).append(v)
-                    if i < int(self.cfg["train"].get("audio_samples", 2)) and q == nqs[-1]:
-                        samples.append((i, x[0], y))
+            metrics, samples = evaluate_items(model, ds, self._valid_nq(), self.device, self._autocast,
+                                              int(self.cfg["train"]["audio_samples"]))
             np.random.set_state(np_state)
         if backup is not None:
             model.load_state_dict(backup)
         if was_training:
             model.train()
-        metrics = {k: float(np.mean(v)) for k, v in res.items()}
-        metrics["valid_loss"] = metrics[f"mel/nq{nqs[-1]}"]
-        metrics.update(self._codebook_stats(all_codes))
-        if self.writer is not None:
-            for k, v in metrics.items():
-                self.writer.add_scalar(f"valid/{k}", v, self.step)
-            for i, ref, est in samples:
-                self.writer.add_audio(f"audio/{i}_decoded", torch.from_numpy(est)[None], self.step, self.sample_rate)
-                self.writer.add_image(f"spec/{i}_decoded", _spectrogram_image(est, self.sample_rate), self.step)
-                if self.step == 0 or not getattr(self, "_ref_logged", False):
-                    self.writer.add_audio(f"audio/{i}_reference", torch.from_numpy(ref)[None], self.step,
-                                          self.sample_rate)
-                    self.writer.add_image(f"spec/{i}_reference", _spectrogram_image(ref, self.sample_rate), self.step)
-            self._ref_logged = True
+        self._write_valid(metrics, samples)
         return metrics
+
+    def _write_valid(self, metrics: Dict[str, float], samples) -> None:
+        if self.writer is None:
+            return
+        for k, v in metrics.items():
+            self.writer.add_scalar(f"valid/{k}", v, self.step)
+        for i, ref, est in samples:
+            self.writer.add_audio(f"audio/{i}_decoded", torch.from_numpy(est)[None], self.step, self.sample_rate)
+            self.writer.add_image(f"spec/{i}_decoded", spectrogram_image(est, self.sample_rate), self.step)
+            if self.step == 0 or not self._ref_logged:
+                self.writer.add_audio(f"audio/{i}_reference", torch.from_numpy(ref)[None], self.step,
+                                      self.sample_rate)
+                self.writer.add_image(f"spec/{i}_reference", spectrogram_image(ref, self.sample_rate), self.step)
+        self._ref_logged = True
 
     # -------------------------------------------------------------------------------- main loop
     def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
@@ -748,133 +466,153 @@ class Trainer:
         if self.is_main:
             print(f"\ncodec.train: received signal {signum}; saving a checkpoint and stopping", file=sys.stderr)
 
-    def fit(self) -> Dict[str, Any]:
-        """Train until ``train.steps``; returns a summary dict."""
-        tc = self.cfg["train"]
-        total_steps = int(tc["steps"])
+    def _install_signal_handlers(self, stack: ExitStack) -> None:
+        """SIGINT / SIGTERM / SIGHUP save a checkpoint and stop (main thread only; an ignored SIGHUP stays
+        ignored, as under nohup); the old handlers come back when ``stack`` closes."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        hup = getattr(signal, "SIGHUP", None)
+        for s in (signal.SIGINT, signal.SIGTERM, hup):
+            if s is None or (s == hup and signal.getsignal(s) is signal.SIG_IGN):
+                continue
+            stack.callback(signal.signal, s, signal.signal(s, self._on_signal))
+
+    def _start_run(self, stack: ExitStack) -> _Run:
+        """Write config.yaml, open the writer and the data, restore resumed RNG states, install handlers."""
         if self.is_main:
             (self.out_dir / "config.yaml").write_text(dump_config(self.cfg))
         self._open_writer()
-        loader = self._train_loader()
-        it = iter(loader)  # created before restoring RNG: exact resume
-        if getattr(self, "_resume_rng", None) is not None:
-            _set_rng_state(self._resume_rng)
+        batches = iter(self._train_loader())  # created before restoring RNG: exact resume
+        if self._resume_rng is not None:
+            set_rng_state(self._resume_rng)
             self._resume_rng = None
-        old = {}
-        import threading
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
-                if s is None or (s == getattr(signal, "SIGHUP", None) and signal.getsignal(s) is signal.SIG_IGN):
-                    continue  # nohup: an ignored SIGHUP stays ignored
-                old[s] = signal.signal(s, self._on_signal)
-        pbar = None
-        if self.is_main and tc.get("progress", True):
+        self._install_signal_handlers(stack)
+        run = _Run(batches=batches)
+        if self.is_main and self.cfg["train"]["progress"]:
             from tqdm import tqdm
 
-            pbar = tqdm(total=total_steps, initial=self.step, dynamic_ncols=True, desc="train", file=sys.stderr)
-        log_int = max(1, int(tc["log_interval"]))
-        valid_int, ckpt_int = int(tc["valid_interval"]), int(tc["ckpt_interval"])
-        max_nonfinite = int(tc["max_nonfinite"])
-        max_s = float(tc.get("max_hours") or 0.0) * 3600.0
-        acc: Dict[str, float] = {}
-        acc_n, win_audio, win_time = 0, 0.0, 0.0
-        throughput = 0.0
-        stopped = None
-        session_start = time.time()
-        saved_at = -1
-        try:
-            while self.step < total_steps:
-                t0 = time.perf_counter()
-                wav, lengths = next(it)
-                logs = self.train_step(wav, lengths)
-                dt = time.perf_counter() - t0
-                if logs is None:
-                    self.nonfinite_in_row += 1
-                    self.nonfinite_total += 1
-                    warnings.warn(f"non-finite loss at step {self.step}; step skipped "
-                                  f"({self.nonfinite_in_row} in a row)")
-                    if self.nonfinite_in_row >= max_nonfinite:
-                        raise CodecError(f"training diverged: {self.nonfinite_in_row} non-finite losses in a row "
-                                         f"at step {self.step} (lower optim.lr or check the data).")
-                    self.step += 1
-                    continue
-                self.nonfinite_in_row = 0
-                self.step += 1
-                audio_s = float(lengths.sum()) * self.world / self.sample_rate
-                self.audio_seconds += audio_s
-                self.elapsed += dt
-                win_audio += audio_s
-                win_time += dt
-                for k, v in logs.items():
-                    if isinstance(v, float):
-                        acc[k] = acc.get(k, 0.0) + v
-                acc_n += 1
-                if pbar is not None:
-                    pbar.update(1)
-                if self.step % log_int == 0 or self.step == total_steps:
-                    throughput = win_audio / max(win_time, 1e-9)
-                    avg = {k: v / acc_n for k, v in acc.items()}
-                    self.last = dict(avg)
-                    self.last["audio_s_per_s"] = throughput
-                    for name in ("usage_per_level", "perplexity_per_level"):
-                        if name in logs:
-                            self.last[name] = logs[name]
-                    if pbar is not None:
-                        pbar.set_postfix(loss=f"{avg['loss']:.3f}", mel=f"{avg['mel']:.3f}",
-                                         aps=f"{throughput:.1f}")
-                    if self.writer is not None:
-                        for k, v in avg.items():
-                            self.writer.add_scalar(f"train/{k}", v, self.step)
-                        self.writer.add_scalar("train/audio_seconds_per_second", throughput, self.step)
-                        for name in ("usage_per_level", "perplexity_per_level"):
-                            for lvl, v in enumerate(logs.get(name, [])):
-                                self.writer.add_scalar(f"codebook/{name.split('_')[0]}/level{lvl:02d}", v, self.step)
-                    self._log_jsonl({"step": self.step, "kind": "train", **self.last})
-                    acc, acc_n, win_audio, win_time = {}, 0, 0.0, 0.0
-                final = self.step >= total_steps
-                stop = self._any_true(self._stop_signal is not None)
-                if max_s > 0 and time.time() - session_start > max_s:
-                    stop = self._any_true(True)
-                do_valid = self.valid_items and ((valid_int > 0 and self.step % valid_int == 0) or final)
-                is_best = False
-                if do_valid and not stop:
-                    m = self.validate()
-                    if self.is_main and m:
-                        is_best = self.best_valid is None or m["valid_loss"] < self.best_valid
-                        if is_best:
-                            self.best_valid = m["valid_loss"]
-                            self.best_metrics = dict(m)
-                        cpu_h = self.elapsed * self.world * torch.get_num_threads() / 3600.0
-                        self._log_jsonl({"step": self.step, "kind": "valid", "train_seconds": self.elapsed,
-                                         "cpu_hours": cpu_h, "audio_hours_seen": self.audio_seconds / 3600.0, **m})
-                        if pbar is not None:
-                            pbar.write(f"step {self.step}: valid mel {m['valid_loss']:.3f} "
-                                       f"si-sdr {m.get(f'si_sdr/nq{self._valid_nq()[-1]}', float('nan')):.2f} dB")
-                if (ckpt_int > 0 and self.step % ckpt_int == 0) or final or stop or is_best:
-                    self.save_checkpoint(best=is_best)
-                    saved_at = self.step
-                if stop:
-                    stopped = "signal" if self._stop_signal is not None else "max_hours"
-                    break
-        except KeyboardInterrupt:
-            stopped = "interrupt"
-            if saved_at != self.step:
-                self.save_checkpoint()
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
-            if pbar is not None:
-                pbar.close()
-            if self.writer is not None:
-                self.writer.flush()
-                self.writer.close()
-            del it
+            run.pbar = tqdm(total=int(self.cfg["train"]["steps"]), initial=self.step, dynamic_ncols=True,
+                            desc="train", file=sys.stderr)
+            stack.callback(run.pbar.close)
+        return run
+
+    def _skip_nonfinite(self) -> None:
+        self.nonfinite_in_row += 1
+        self.nonfinite_total += 1
+        warnings.warn(f"non-finite loss at step {self.step}; step skipped ({self.nonfinite_in_row} in a row)")
+        if self.nonfinite_in_row >= int(self.cfg["train"]["max_nonfinite"]):
+            raise CodecError(f"training diverged: {self.nonfinite_in_row} non-finite losses in a row "
+                             f"at step {self.step} (lower optim.lr or check the data).")
+        self.step += 1
+
+    def _one_step(self, run: _Run) -> Optional[Dict[str, Any]]:
+        """Train on the next batch; updates counters -> the step's logs (None: skipped as non-finite)."""
+        t0 = time.perf_counter()
+        wav, lengths = next(run.batches)
+        logs = self.train_step(wav, lengths)
+        dt = time.perf_counter() - t0
+        if logs is None:
+            self._skip_nonfinite()
+            return None
+        self.nonfinite_in_row = 0
+        self.step += 1
+        audio_s = float(lengths.sum()) * self.world / self.sample_rate
+        self.audio_seconds += audio_s
+        self.elapsed += dt
+        run.window.add(logs, audio_s, dt)
+        if run.pbar is not None:
+            run.pbar.update(1)
+        return logs
+
+    def _log_train(self, run: _Run, logs: Dict[str, Any]) -> None:
+        """Averages of the window -> ``self.last``, progress bar, TensorBoard, metrics.jsonl; opens a new window."""
+        run.throughput = run.window.throughput()
+        avg = run.window.means()
+        self.last = dict(avg, audio_s_per_s=run.throughput)
+        per_level = {k: v for k, v in logs.items() if k.endswith("_per_level")}
+        self.last.update(per_level)
+        if run.pbar is not None:
+            run.pbar.set_postfix(loss=f"{avg['loss']:.3f}", mel=f"{avg['mel']:.3f}", aps=f"{run.throughput:.1f}")
+        if self.writer is not None:
+            for k, v in avg.items():
+                self.writer.add_scalar(f"train/{k}", v, self.step)
+            self.writer.add_scalar("train/audio_seconds_per_second", run.throughput, self.step)
+            for name, values in per_level.items():
+                for lvl, v in enumerate(values):
+                    self.writer.add_scalar(f"codebook/{name.split('_')[0]}/level{lvl:02d}", v, self.step)
+        self._log_jsonl({"step": self.step, "kind": "train", **self.last})
+        run.window = _Window()
+
+    def _validate_and_record(self, run: _Run) -> bool:
+        """Run validation; log it, keep the best -> True when this step is the best so far."""
+        m = self.validate()
+        if not (self.is_main and m):
+            return False
+        is_best = self.best_valid is None or m["valid_loss"] < self.best_valid
+        if is_best:
+            self.best_valid = m["valid_loss"]
+            self.best_metrics = dict(m)
+        cpu_h = self.elapsed * self.world * torch.get_num_threads() / 3600.0
+        self._log_jsonl({"step": self.step, "kind": "valid", "train_seconds": self.elapsed, "cpu_hours": cpu_h,
+                         "audio_hours_seen": self.audio_seconds / 3600.0, **m})
+        if run.pbar is not None:
+            run.pbar.write(f"step {self.step}: valid mel {m['valid_loss']:.3f} "
+                           f"si-sdr {m.get(f'si_sdr/nq{self._valid_nq()[-1]}', float('nan')):.2f} dB")
+        return is_best
+
+    def _should_stop(self, run: _Run) -> bool:
+        max_s = float(self.cfg["train"]["max_hours"] or 0.0) * 3600.0
+        over_time = max_s > 0 and time.time() - run.start > max_s
+        return ddp.any_true(self._stop_signal is not None or over_time, self.device)
+
+    def _after_step(self, run: _Run, logs: Dict[str, Any]) -> bool:
+        """Log, validate and checkpoint as the intervals say -> True when the run must stop now."""
+        tc = self.cfg["train"]
+        total, valid_int, ckpt_int = int(tc["steps"]), int(tc["valid_interval"]), int(tc["ckpt_interval"])
+        final = self.step >= total
+        if self.step % max(1, int(tc["log_interval"])) == 0 or final:
+            self._log_train(run, logs)
+        stop = self._should_stop(run)
+        due = (valid_int > 0 and self.step % valid_int == 0) or final
+        is_best = bool(self.valid_items) and due and not stop and self._validate_and_record(run)
+        if (ckpt_int > 0 and self.step % ckpt_int == 0) or final or stop or is_best:
+            self.save_checkpoint(best=is_best)
+            run.saved_at = self.step
+        if stop:
+            run.stopped = "signal" if self._stop_signal is not None else "max_hours"
+        return stop
+
+    def _close_writer(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
+
+    def fit(self) -> Dict[str, Any]:
+        """Train until ``train.steps``; returns a summary dict."""
+        total_steps = int(self.cfg["train"]["steps"])
+        with ExitStack() as stack:
+            stack.callback(self._close_writer)
+            run = self._start_run(stack)
+            try:
+                while self.step < total_steps:
+                    logs = self._one_step(run)
+                    if logs is not None and self._after_step(run, logs):
+                        break
+            except KeyboardInterrupt:
+                run.stopped = "interrupt"
+                if run.saved_at != self.step:
+                    self.save_checkpoint()
+            finally:
+                run.batches = None  # ends the loader's workers
         if self.world > 1:
             dist.barrier()
-        summary = {"step": self.step, "stopped": stopped, "audio_seconds_per_second": throughput,
+        return self._summary(run)
+
+    def _summary(self, run: _Run) -> Dict[str, Any]:
+        summary = {"step": self.step, "stopped": run.stopped, "audio_seconds_per_second": run.throughput,
                    "last": self.last, "best_valid": self.best_valid, "best_metrics": self.best_metrics,
                    "out_dir": str(self.out_dir)}
         if self.is_main:
-            print(f"codec.train: step {self.step}, {throughput:.2f} audio s/s, "
-                  f"checkpoints in {self.out_dir}" + (f" (stopped: {stopped})" if stopped else ""), file=sys.stderr)
+            print(f"codec.train: step {self.step}, {run.throughput:.2f} audio s/s, checkpoints in {self.out_dir}"
+                  + (f" (stopped: {run.stopped})" if run.stopped else ""), file=sys.stderr)
         return summary

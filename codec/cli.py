@@ -361,9 +361,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 # parser
 # ---------------------------------------------------------------------------------------------
 
+def _threads_arg(p: argparse.ArgumentParser) -> None:
+    from .threads import THREADS_HELP
+
+    p.add_argument("--threads", type=_positive_int, default=None, metavar="N", help=THREADS_HELP)
+
+
 def _common(p: argparse.ArgumentParser, device: bool = True) -> None:
     if device:
         p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
+        _threads_arg(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no per-file lines")
 
 
@@ -442,6 +449,7 @@ def build_parser(lazy: Optional[str] = None) -> argparse.ArgumentParser:
         from .bench import cli as _bench
 
         _bench.add_arguments(p)
+        _threads_arg(p)
         p.set_defaults(func=_bench.run)
 
     for name, (module, help_text) in _LAZY.items():
@@ -450,6 +458,8 @@ def build_parser(lazy: Optional[str] = None) -> argparse.ArgumentParser:
         if lazy == name:
             mod = _import_delegate(name, module)
             mod.add_arguments(p)
+            if name == "eval":
+                _threads_arg(p)
             p.set_defaults(func=mod.run)
     return parser
 
@@ -502,6 +512,10 @@ def _main(argv: List[str]) -> int:
                 args = parser.parse_args(argv)
         except SystemExit as exc:  # argparse: -h / --version (0)
             return int(exc.code) if isinstance(exc.code, int) else EXIT_USER_ERROR
+        if "threads" in vars(args) and cmd != "train":  # commands that run models (see codec.threads)
+            from .threads import set_threads
+
+            args.threads = set_threads(args.threads)
         return int(args.func(args) or 0)
     except _UsageError as exc:
         _err(str(exc))

@@ -91,7 +91,8 @@ class CodesHeader:
         orig_length: length of the original audio in samples (per channel) at ``orig_sample_rate``.
         orig_sample_rate: sample rate of the original input file.
         weights_sha256: 32-byte SHA-256 fingerprint of the model weights (see ``codec.pipeline.model_fingerprint``).
-        model_name: the model's name or directory (used by ``codec decode`` when no ``--model`` is given).
+        model_name: the model's name, never a path (the pretrained name or the model directory's name; ``""``
+            when unknown); ``codec decode`` resolves it as a pretrained name when no ``--model`` is given.
         version: format version (1).
     """
 

@@ -35,7 +35,7 @@ from .nn import streaming as st
 from .nn.fourier import FourierDecoder, FourierEncoder
 from .nn.seanet import SeanetDecoder, SeanetEncoder
 from .quantization import ResidualVQ
-from .validation import check_audio, check_codes
+from .validation import InputError, check_audio, check_codes
 
 
 def build_encoder(cfg: CodecConfig) -> nn.Module:
@@ -146,32 +146,12 @@ class CodecModel(nn.Module):
                 "trainable": sum(p.numel() for p in self.parameters() if p.requires_grad)}
 
     # ------------------------------------------------------------------ input handling
-    def _prepare(self, wav, sample_rate: Optional[int], lengths) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Any of ``[T]``, ``[C, T]``, ``[B, C, T]`` (tensor or numpy, any rate) -> float32 ``[B, 1, T']`` on the
-        model device (channels averaged; resampled with soxr on CPU when ``sample_rate`` differs)."""
-        x = check_audio(_to_tensor(wav))
-        if x.dim() == 1:
-            x = x[None, None]
-        elif x.dim() == 2:
-            x = x[None]
-        elif x.dim() != 3:
-            raise ValueError(f"wav must be [T], [C, T] or [B, C, T], got shape {tuple(x.shape)}")
-        if x.shape[1] != 1:
-            x = x.float().mean(dim=1, keepdim=True)
-        x = x.float()
-        if lengths is not None:
-            lengths = torch.as_tensor(lengths, dtype=torch.long).reshape(-1).cpu()
-            if lengths.numel() != x.shape[0]:
-                raise ValueError("lengths must have one entry per batch item")
-        if sample_rate is not None and int(sample_rate) != self.sample_rate:
-            from .audio import resample
+    def _prepare(self, wav, sample_rate, lengths) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Input in a documented layout (:mod:`codec.inputs`) -> float32 ``[B, 1, T']`` on the model device at the
+        model rate (channels averaged; each item resampled on its own) and valid lengths ``[B]`` or ``None``."""
+        from .inputs import prepare_batch
 
-            sr_in = int(sample_rate)
-            y = resample(x.detach().cpu().numpy(), sr_in, self.sample_rate)
-            x = torch.from_numpy(np.ascontiguousarray(y))
-            if lengths is not None:
-                lengths = torch.tensor([min(x.shape[-1], int(round(int(n) * self.sample_rate / sr_in)))
-                                        for n in lengths], dtype=torch.long)
+        x, lengths = prepare_batch(wav, sample_rate, lengths, self.sample_rate)
         return x.to(self.device), lengths
 
     # ------------------------------------------------------------------ exact encoding
@@ -218,13 +198,19 @@ class CodecModel(nn.Module):
         """Audio -> codes ``LongTensor [B, nq, F]``, ``F = ceil(T / hop)``.
 
         Args:
-            wav: tensor or numpy array ``[T]``, ``[C, T]`` or ``[B, C, T]``; channels are averaged (downmix).
-            sample_rate: rate of ``wav`` (default: the model's); other rates are resampled with soxr on CPU.
+            wav: a batch ``[B, C, T]``; one item ``[T]`` or ``[C, T]`` with ``C <= 2``; or a list of ``[T]`` /
+                ``[C, T]`` items of any lengths (tensors or numpy arrays; see :mod:`codec.inputs`).  Channels are
+                averaged (downmix).  Other 2-D shapes such as ``[4, 24000]`` are ambiguous and refused.
+            sample_rate: rate of ``wav`` (default: the model's), or a list with one rate per item; other rates
+                are resampled with soxr on CPU, each item on its own before padding.
             nq: levels (1..num_quantizers, default all).
-            lengths: valid samples per item ``[B]`` (masked batch).  Samples past an item's length are zeroed
-                before the encoder and its frames past ``ceil(length / hop)`` get code ``-1``; every item gets
-                exactly (bit for bit) the codes it gets when encoded alone.
+            lengths: valid samples per item ``[B]`` of a ``[B, C, T]`` batch (a list gives its own lengths).
+                Samples past an item's length are zeroed before the encoder and its frames past
+                ``ceil(length / hop)`` get code ``-1``; every item gets exactly (bit for bit) the codes it gets
+                when encoded alone, with or without resampling.
             return_lengths: also return the frame counts ``[B]``.
+
+        >>> codes, frames = model.encode([a16k, b44k], sample_rate=[16000, 44100], return_lengths=True)
         """
         nq = self._check_nq(nq)
         x, lengths = self._prepare(wav, sample_rate, lengths)
@@ -246,15 +232,22 @@ class CodecModel(nn.Module):
             codes = torch.where(fmask[:, None], codes, torch.full((), -1, dtype=codes.dtype, device=codes.device))
         return (codes, nfr) if return_lengths else codes
 
-    def decode(self, codes, return_lengths: bool = False):
+    def decode(self, codes, return_lengths: bool = False, sample_rate=None, lengths=None):
         """Codes ``[B, nq, F]`` (or ``[nq, F]``; ``-1`` = padded frame; any ``nq <= num_quantizers``) ->
         audio float32 ``[B, 1, F * hop]`` (zero past each item's valid frames) and optionally the valid sample
-        counts ``[B]``."""
+        counts ``[B]``.
+
+        With ``sample_rate`` (one rate, or one per item) or ``lengths`` (samples per item at that rate, e.g. each
+        input's original length) it returns instead a list with one float32 CPU tensor ``[1, n_i]`` per item:
+        its valid samples resampled to its rate (soxr) and cut or zero-padded to ``lengths[i]``, so a batch
+        encoded from a list comes back as that list (``return_lengths`` then gives the ``n_i``)::
+
+            codes = model.encode(wavs, sample_rate=rates)
+            back = model.decode(codes, sample_rate=rates, lengths=[w.shape[-1] for w in wavs])
+        """
         c = check_codes(_to_tensor(codes), self.codebook_size, self.num_quantizers).to(self.device)
         if c.dim() == 2:
             c = c[None]
-        if c.dim() != 3:
-            raise ValueError(f"codes must be [B, nq, F] or [nq, F], got {tuple(c.shape)}")
         with torch.no_grad():
             z = self.quantizer.decode(c)
             valid = (c >= 0).any(1)  # [B, F]
@@ -263,6 +256,11 @@ class CodecModel(nn.Module):
             hop = self.hop_length
             keep = torch.repeat_interleave(valid, hop, dim=1)
             y = torch.where(keep[:, None], y, torch.zeros((), device=y.device, dtype=y.dtype)).float()
+        if sample_rate is not None or lengths is not None:
+            from .inputs import per_item_audio
+
+            items = per_item_audio(y, nfr * hop, self.sample_rate, sample_rate, lengths)
+            return (items, torch.tensor([v.shape[-1] for v in items])) if return_lengths else items
         return (y, (nfr * hop).cpu()) if return_lengths else y
 
     def _dtype(self) -> torch.dtype:
@@ -312,9 +310,11 @@ class CodecModel(nn.Module):
             z = self.quantizer.decode(c)
             return self.decoder(z.to(self._dtype()), (c >= 0).any(1)).float()
 
-    def stream_encoder(self, batch_size: int = 1, nq: Optional[int] = None) -> "StreamEncoder":
-        """Streaming encoder for ``batch_size`` independent streams (latency: one frame)."""
-        return StreamEncoder(self, batch_size, nq)
+    def stream_encoder(self, batch_size: int = 1, nq: Optional[int] = None,
+                       sample_rate: Optional[int] = None) -> "StreamEncoder":
+        """Streaming encoder for ``batch_size`` independent streams (latency: one frame, plus the resampler's
+        when ``sample_rate`` differs from the model's: live input is then resampled chunk by chunk)."""
+        return StreamEncoder(self, batch_size, nq, sample_rate)
 
     def stream_decoder(self, batch_size: int = 1) -> "StreamDecoder":
         """Streaming decoder for ``batch_size`` independent streams (no added latency)."""
@@ -365,18 +365,45 @@ class StreamEncoder(_Stream):
     slot, returns its codes (``-1`` for slots with fewer frames) and starts over.  ``reset(slot)`` starts a new
     utterance in one slot (its buffered samples and layer states are cleared; other slots are untouched).
     Memory is constant in the stream length.
+
+    ``sample_rate`` (default: the model's): the rate of the chunks.  At another rate each slot runs a
+    ``soxr.ResampleStream`` (HQ, as ``codec encode`` does) and ``flush()`` drains it.  Guarantee: the codes are
+    bit-identical to :meth:`CodecModel.encode` of the concatenated ``ResampleStream`` output (the model-rate
+    audio this stream saw), for any chunking.  soxr's stream output does not depend on the chunking and (soxr
+    1.1, tested) equals its one-shot ``soxr.resample``, so the codes also equal ``encode(x, sample_rate=...)``
+    of the whole input; a frame's codes are emitted once the resampler's delay has passed.
     """
 
-    def __init__(self, model: CodecModel, batch_size: int = 1, nq: Optional[int] = None) -> None:
+    def __init__(self, model: CodecModel, batch_size: int = 1, nq: Optional[int] = None,
+                 sample_rate: Optional[int] = None) -> None:
         self.nq = model._check_nq(nq)
+        self.sample_rate = model.sample_rate if sample_rate is None else int(sample_rate)
+        if self.sample_rate <= 0:
+            raise InputError(f"sample_rate must be a positive number of Hz, got {self.sample_rate}.")
         super().__init__(model, model.encoder, batch_size)
         self._buf: List[torch.Tensor] = [torch.zeros(0, device=model.device) for _ in range(self.batch_size)]
+        self._resamplers: list = [self._resampler() for _ in range(self.batch_size)]
+
+    def _resampler(self):
+        if self.sample_rate == self.model.sample_rate:
+            return None
+        import soxr
+
+        return soxr.ResampleStream(self.sample_rate, self.model.sample_rate, 1, dtype="float32", quality="HQ")
+
+    def _resample(self, x: torch.Tensor, last: bool = False) -> List[torch.Tensor]:
+        """Chunk ``[B, t]`` at :attr:`sample_rate` -> one model-rate tensor per slot (its resampler's output)."""
+        if self._resamplers[0] is None:
+            return list(x)
+        a = x.detach().cpu().numpy()
+        return [torch.from_numpy(np.asarray(r.resample_chunk(a[i], last=last), np.float32)).to(x.device)
+                for i, r in enumerate(self._resamplers)]
 
     def _empty(self) -> torch.Tensor:
         return torch.zeros(self.batch_size, self.nq, 0, dtype=torch.long, device=self.model.device)
 
     def feed(self, chunk) -> torch.Tensor:
-        """chunk [B, 1, t] or [B, t] (tensor/numpy, model rate) -> codes LongTensor [B, nq, n_new_frames]."""
+        """chunk [B, 1, t] or [B, t] (tensor/numpy, at :attr:`sample_rate`) -> codes LongTensor [B, nq, n_new_frames]."""
         x = check_audio(_to_tensor(chunk), name="chunk", allow_empty=True).to(self.model.device).float()
         if x.dim() == 3:
             if x.shape[1] != 1:
@@ -387,7 +414,7 @@ class StreamEncoder(_Stream):
         if x.dim() != 2 or x.shape[0] != self.batch_size:
             raise ValueError(f"chunk must be [{self.batch_size}, 1, t], got {tuple(x.shape)}")
         hop = self.model.hop_length
-        self._buf = [torch.cat([b, x[i]]) for i, b in enumerate(self._buf)]
+        self._buf = [torch.cat([b, y]) for b, y in zip(self._buf, self._resample(x))]
         n = min(b.shape[0] for b in self._buf) // hop
         if n == 0:
             return self._empty()
@@ -398,6 +425,9 @@ class StreamEncoder(_Stream):
     def flush(self) -> torch.Tensor:
         """Codes of the remaining (zero-padded) frames [B, nq, n]; then the stream starts over."""
         hop = self.model.hop_length
+        if self._resamplers[0] is not None:
+            empty = torch.zeros(self.batch_size, 0, device=self.model.device)
+            self._buf = [torch.cat([b, y]) for b, y in zip(self._buf, self._resample(empty, last=True))]
         nfr = [-(-b.shape[0] // hop) for b in self._buf]
         n = max(nfr)
         if n == 0:
@@ -417,8 +447,10 @@ class StreamEncoder(_Stream):
         self._reset_states(slot)
         if slot is None:
             self._buf = [torch.zeros(0, device=self.model.device) for _ in range(self.batch_size)]
+            self._resamplers = [self._resampler() for _ in range(self.batch_size)]
         else:
             self._buf[int(slot)] = torch.zeros(0, device=self.model.device)
+            self._resamplers[int(slot)] = self._resampler()
 
 
 class StreamDecoder(_Stream):
@@ -427,14 +459,33 @@ class StreamDecoder(_Stream):
     With the conv decoder ``n = f * hop`` (no added latency).  The Fourier decoder's overlap-add delays its
     output by ``model.decoder_delay`` samples: the first feeds return that many samples fewer and ``flush()``
     returns the last ``decoder_delay`` samples.  Feeds plus flush always give ``F * hop`` samples that equal
-    offline :meth:`CodecModel.decode` within ~1e-6.  Frames coded ``-1`` decode from a zero latent (the Fourier
-    decoder adds nothing for them).  ``reset(slot)`` starts a new utterance in one slot (with the Fourier decoder
+    offline :meth:`CodecModel.decode` within ~1e-6.  Frames coded ``-1`` (padding) give zeros, as offline
+    :meth:`CodecModel.decode` does: their samples are zeroed when they are emitted.  ``reset(slot)`` starts a new utterance in one slot (with the Fourier decoder
     the slot's previous utterance loses its last ``decoder_delay`` samples: flush before when they matter).
     """
 
     def __init__(self, model: CodecModel, batch_size: int = 1) -> None:
         super().__init__(model, model.decoder, batch_size)
         self._skip = model.decoder_delay  # stream samples still to drop (they precede time 0)
+        self._fresh_validity()
+
+    def _fresh_validity(self) -> None:
+        #: validity [B, k] of the frames fed but not yet wholly emitted; the first is frame ``_base``
+        self._valid = torch.zeros(self.batch_size, 0, dtype=torch.bool, device=self.model.device)
+        self._base = 0
+        self._emitted = 0  # output samples returned so far (the same for every slot)
+
+    def _zero_padding(self, y: torch.Tensor) -> torch.Tensor:
+        """Zero the samples of ``y [B, 1, n]`` (the next ``n`` output samples) that belong to ``-1`` frames."""
+        hop, n = self.model.hop_length, y.shape[-1]
+        if n and self._valid.shape[1]:
+            frame = (torch.arange(self._emitted, self._emitted + n, device=y.device) // hop) - self._base
+            keep = self._valid[:, frame.clamp(max=self._valid.shape[1] - 1)]
+            y = torch.where(keep[:, None], y, torch.zeros((), dtype=y.dtype, device=y.device))
+            self._emitted += n
+            done = self._emitted // hop - self._base
+            self._valid, self._base = self._valid[:, done:], self._base + done
+        return y
 
     def feed(self, codes) -> torch.Tensor:
         c = check_codes(_to_tensor(codes), self.model.codebook_size, self.model.num_quantizers).to(self.model.device)
@@ -445,7 +496,8 @@ class StreamDecoder(_Stream):
         if c.shape[-1] == 0:
             return torch.zeros(self.batch_size, 1, 0, device=self.model.device)
 
-        return self._drop_preroll(self._run(self.model.decode_step, c))
+        self._valid = torch.cat([self._valid, (c >= 0).any(1)], dim=1)
+        return self._zero_padding(self._drop_preroll(self._run(self.model.decode_step, c)))
 
     def _drop_preroll(self, y: torch.Tensor) -> torch.Tensor:
         if self._skip:
@@ -459,7 +511,7 @@ class StreamDecoder(_Stream):
         decoder; the overlap tails past the last frame are trimmed, as offline); then resets."""
         tail = self._run(self.model.decoder.flush)
         out = torch.zeros(self.batch_size, 1, 0, device=self.model.device) if tail is None else \
-            self._drop_preroll(tail.float())
+            self._zero_padding(self._drop_preroll(tail.float()))
         self.reset()
         return out
 
@@ -468,3 +520,4 @@ class StreamDecoder(_Stream):
         self._reset_states(slot)
         if slot is None:
             self._skip = self.model.decoder_delay
+            self._fresh_validity()

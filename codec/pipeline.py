@@ -38,6 +38,8 @@ __all__ = [
     "DEFAULT_MODEL",
     "MAX_INPUT_CHANNELS",
     "model_fingerprint",
+    "codes_model_name",
+    "codes_header",
     "resolve_model",
     "check_not_same_file",
     "EncodeJob",
@@ -100,7 +102,8 @@ def resolve_model(spec: Optional[str] = None, device: Optional[str] = None) -> T
 
     ``spec=None`` means the default shipped model :data:`DEFAULT_MODEL`.  Names and paths are resolved by
     :func:`codec.pretrained.locate` (the one resolver of codec): names only in ``$CODEC_PRETRAINED_DIR`` then
-    ``<repo>/pretrained``, paths as given.  Directories are stored by absolute path, names by name.
+    ``<repo>/pretrained``, paths as given.  The stored name is :func:`codes_model_name`: the name for names, the
+    directory's name for paths (``.codes`` files never record a local path).
     Raises :class:`CodecError` with one sentence if missing or invalid.
     """
     try:
@@ -116,7 +119,31 @@ def resolve_model(spec: Optional[str] = None, device: Optional[str] = None) -> T
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CodecError(f"cannot load model '{stored}': {msg.rstrip('.')}.") from exc
     model.eval()
-    return model, stored
+    return model, codes_model_name(model)
+
+
+def codes_model_name(model) -> str:
+    """The model name a ``.codes`` header records: ``model.model_name`` (set by :func:`codec.load`: the pretrained
+    name, or the model directory's name -- never a path), or ``""`` for a model not loaded from a directory."""
+    return str(getattr(model, "model_name", "") or "")
+
+
+def codes_header(model, nq: int, num_frames: int, channels: int, orig_channels: int, orig_length: int,
+                 orig_sample_rate: int, model_name: Optional[str] = None) -> CodesHeader:
+    """The header of a ``.codes`` file holding ``channels`` code streams of ``num_frames`` frames x ``nq`` levels
+    made by ``model`` from audio of ``orig_length`` samples x ``orig_channels`` at ``orig_sample_rate`` Hz (the one
+    header builder: ``codec encode`` and :func:`codec.save_codes` both use it).  ``model_name`` defaults to
+    :func:`codes_model_name`; a path is recorded by its last component only (never a local path)."""
+    sr, hop, cb, _ = _model_facts(model)
+    name = codes_model_name(model) if model_name is None else str(model_name)
+    if name and ("/" in name or os.sep in name or name.startswith("~")):
+        name = Path(name).expanduser().resolve().name
+    return CodesHeader(
+        sample_rate=sr, hop_length=hop, frame_rate=sr / hop, codebook_size=cb, bits_per_code=bits_for(cb),
+        channels=int(channels), orig_channels=int(orig_channels), num_levels=int(nq), num_frames=int(num_frames),
+        orig_length=int(orig_length), orig_sample_rate=int(orig_sample_rate), weights_sha256=model_fingerprint(model),
+        model_name=name,
+    )
 
 
 def _model_facts(model) -> Tuple[int, int, int, int]:
@@ -368,7 +395,7 @@ def encode_files(
 
     Args:
         model: a ``CodecModel`` (eval mode).
-        model_name: name or directory recorded in the header.
+        model_name: model name recorded in the header (a path is reduced to its last component).
         jobs: files to encode.
         nq: levels to store, ``1 <= nq <= model.num_quantizers``.
         keep_channels: keep each input channel as its own code stream (default: downmix to mono).
@@ -386,7 +413,7 @@ def encode_files(
     if not 1 <= nq <= max_nq:
         raise CodecError(f"--nq {nq} is out of range: this model has levels 1 to {max_nq}.")
     _release_memory()  # pins the mmap threshold before the first chunk
-    fp = model_fingerprint(model)
+    model_fingerprint(model)  # hashed (and cached) before the first file is read
     device = _model_device(model)
     dtype = _codes_dtype(cb)
     chunk = hop * max(1, int(round(chunk_seconds * sr / hop)))
@@ -473,11 +500,8 @@ def encode_files(
                 allc = allc[..., :frames]
                 if allc.size and allc.min() < 0:  # pragma: no cover
                     raise RuntimeError("stream encoder produced padding codes inside the signal")
-                header = CodesHeader(
-                    sample_rate=sr, hop_length=hop, frame_rate=sr / hop, codebook_size=cb, bits_per_code=bits_for(cb),
-                    channels=st.streams, orig_channels=st.in_channels, num_levels=nq, num_frames=frames,
-                    orig_length=st.in_len, orig_sample_rate=st.in_sr, weights_sha256=fp, model_name=model_name,
-                )
+                header = codes_header(model, nq, frames, st.streams, st.in_channels, st.in_len, st.in_sr,
+                                      model_name)
                 try:
                     write_codes(job.dst, header, allc)
                 except CodecError as exc:
@@ -663,6 +687,8 @@ def decode_files(
                 m, label = get_model(model_spec)
             else:
                 key = h.model_name
+                if not key:
+                    raise CodecError(f"'{job.src}' does not record which model made it; pass --model DIR.")
                 m, label = get_model(h.model_name)
                 if isinstance(m, CodecError):
                     raise CodecError(

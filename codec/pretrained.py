@@ -114,7 +114,8 @@ def resolve(path_or_name: Optional[PathLike] = None) -> Path:
 
 def locate(path_or_name: Optional[PathLike] = None) -> Tuple[Path, str]:
     """``(directory, label)`` of a model: the label is the name for pretrained names (``None``: the default
-    model) and the absolute directory for paths (what ``codec encode`` stores in ``.codes`` files)."""
+    model) and the absolute directory for paths (for messages; ``.codes`` files store ``model.model_name``, the
+    directory's name, never a path)."""
     d = resolve(path_or_name)
     if path_or_name is None:
         return d, DEFAULT_MODEL
@@ -332,7 +333,9 @@ def load(path_or_name: Optional[PathLike], device: Optional[Union[str, torch.dev
     """Load a model directory or pretrained name -> CodecModel in eval mode on ``device`` (default CPU).
 
     Refuses (CodecError, one sentence) every bad model directory (see the module docstring); names and paths
-    are resolved by :func:`resolve`.  Sets ``model.weights_hash`` and ``model.model_dir``."""
+    are resolved by :func:`resolve`.  Sets ``model.weights_hash``, ``model.model_dir`` (absolute) and
+    ``model.model_name`` (the directory's name: the name for pretrained names; what ``.codes`` files record, never
+    a path)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -372,4 +375,5 @@ def load(path_or_name: Optional[PathLike], device: Optional[Union[str, torch.dev
             raise CodecError(f"cannot move the model to device '{device}' ({first.rstrip('.')}).") from None
     model.weights_hash = file_hash(wf)
     model.model_dir = str(d.resolve())
+    model.model_name = d.name or d.resolve().name
     return model

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import List
+from typing import Iterator, List
 
 import numpy as np
 import soundfile as sf
@@ -44,3 +45,18 @@ def write_wav(path: Path, sr: int, seconds: float, channels: int = 1, subtype: s
 def listing(d: Path) -> List[str]:
     """All entries under ``d`` (relative, sorted), to check that no partial/temp file is left."""
     return sorted(str(p.relative_to(d)) for p in Path(d).rglob("*"))
+
+
+@contextmanager
+def models_by_name(directory: Path) -> Iterator[Path]:
+    """Inside, the model directories in ``directory`` resolve by name (``$CODEC_PRETRAINED_DIR``), as ``codec
+    decode`` needs for the name a ``.codes`` file records (never a path)."""
+    old = os.environ.get("CODEC_PRETRAINED_DIR")
+    os.environ["CODEC_PRETRAINED_DIR"] = str(directory)
+    try:
+        yield directory
+    finally:
+        if old is None:
+            os.environ.pop("CODEC_PRETRAINED_DIR", None)
+        else:
+            os.environ["CODEC_PRETRAINED_DIR"] = old

@@ -37,7 +37,8 @@ def peak_kb(*argv) -> int:
 
 
 @pytest.mark.slow
-def test_memory_flat_for_long_files(tmp_path):
+def test_memory_flat_for_long_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("CODEC_PRETRAINED_DIR", str(tmp_path))  # decode finds the model the files name
     tiny = make_tiny_model_dir(tmp_path / "tiny")
     sr = 16000  # != model rate for the 24 kHz presets: exercises the streaming resampler too
     write_long_wav(tmp_path / "1min.wav", sr, 60)

@@ -120,7 +120,8 @@ def collect(args: argparse.Namespace) -> Dict[str, Any]:
         except ValueError:
             raise CodecError(f"--memory-seconds must be comma-separated numbers, got '{args.memory_seconds}'.") from None
         model_path = args.model if args.model and __import__("os").path.isdir(args.model) else None
-        common = dict(model=model, seconds=args.seconds, nq=nq, device=args.device)
+        common = dict(model=model, seconds=args.seconds, nq=nq, device=args.device,
+                      threads=getattr(args, "threads", None))
         for key, fname in (("offline", "benchmark_model"), ("streaming", "benchmark_streaming"),
                            ("memory", "peak_memory_streaming")):
             fn = getattr(mb, fname, None)
@@ -134,8 +135,10 @@ def collect(args: argparse.Namespace) -> Dict[str, Any]:
                 out[key] = {"result": out[key]}
             out[key].setdefault("wall_seconds", round(time.perf_counter() - t0, 3))
     if args.what == "encodec":
-        ref = _plain(mb.benchmark_encodec(seconds=args.seconds, nq=nq))
-        ours = _plain(mb.benchmark_model(model, seconds=args.seconds, nq=nq, device=args.device))
+        ref = _plain(call_with_accepted(mb.benchmark_encodec, seconds=args.seconds, nq=nq,
+                                        threads=getattr(args, "threads", None)))
+        ours = _plain(call_with_accepted(mb.benchmark_model, model=model, seconds=args.seconds, nq=nq,
+                                         device=args.device, threads=getattr(args, "threads", None)))
         out["offline"], out["encodec"] = ours, ref
         out["speedup_vs_encodec"] = {k: ours[f"{k}_x_realtime"] / ref[f"{k}_x_realtime"] for k in ("encode", "decode")}
     if args.what in ("all", "rvq"):

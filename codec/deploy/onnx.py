@@ -27,7 +27,8 @@ from torch.export import Dim
 from ..errors import CodecError
 from .graphs import GRAPHS, build_graph
 
-__all__ = ["export_onnx", "export_program", "export_graphs", "ExportedGraph", "graph_signature", "MANIFEST", "DEFAULT_OPSET", "FORMAT"]
+__all__ = ["export_onnx", "export_program", "export_graphs", "ExportedGraph",
+           "graph_signature", "MANIFEST", "DEFAULT_OPSET", "FORMAT"]
 
 MANIFEST = "manifest.json"
 DEFAULT_OPSET = 18

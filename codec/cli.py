@@ -60,7 +60,16 @@ are refused; clipped or louder-than-full-scale input gives a warning and is enco
   codec bench                      # model + streaming + quantizer, table on stdout
   codec bench --json bench.json    # also write JSON
   codec bench rvq                  # quantizer only
-  codec bench encodec --preset 24khz --nq 32   # speed beside EnCodec 24 kHz (pip install encodec)""",
+  codec bench encodec --preset 24khz --nq 32   # speed beside EnCodec 24 kHz (pip install encodec)
+  codec bench model --onnx         # also ONNX Runtime speed beside PyTorch's (pip install codec[deploy])""",
+    "export": """examples:
+  codec export speech-24k speech-24k-onnx --format onnx          # all levels
+  codec export runs/my-model my-model-onnx --format onnx --nq 8  # the encoder graphs give 8 levels
+
+Writes encoder.onnx (audio [B, 1, T] -> codes [B, nq, F]), decoder.onnx (codes [B, n, F], any n up to the
+model's levels, -1 = unused -> audio [B, 1, F * hop]), encoder_step.onnx / decoder_step.onnx (one frame, state
+tensors in and out) and manifest.json (rates, delay, input/output names, state shapes).  Needs the 'deploy'
+extra (pip install codec[deploy]).""",
 }
 
 
@@ -241,16 +250,22 @@ def _human_bytes(n: int) -> str:
 # commands
 # ---------------------------------------------------------------------------------------------
 
+def _checked_nq(nq: Optional[int], model, default: int) -> int:
+    """``--nq`` (``default`` when not given), refused with one sentence outside the model's levels."""
+    max_nq = int(model.num_quantizers)
+    nq = default if nq is None else nq
+    if not 1 <= nq <= max_nq:
+        raise CodecError(f"--nq {nq} is out of range: this model has levels 1 to {max_nq}.")
+    return nq
+
+
 def _cmd_encode(args: argparse.Namespace) -> int:
     from .audio import AUDIO_EXTENSIONS, audio_info
     from .pipeline import EncodeJob, encode_files, resolve_model
 
     pairs = plan_jobs(args.inputs, args.output, AUDIO_EXTENSIONS, ".codes")
     model, name = resolve_model(args.model, args.device)
-    max_nq = int(model.num_quantizers)
-    nq = args.nq if args.nq is not None else min(8, max_nq)
-    if not 1 <= nq <= max_nq:
-        raise CodecError(f"--nq {nq} is out of range: this model has levels 1 to {max_nq}.")
+    nq = _checked_nq(args.nq, model, default=min(8, int(model.num_quantizers)))
 
     def seconds(src: Path) -> float:
         i = audio_info(src)
@@ -351,6 +366,24 @@ def _cmd_trim(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .pipeline import resolve_model
+
+    try:
+        from .deploy.onnx import export_onnx
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as exc:
+        raise CodecError(f"'codec export' needs the package '{exc.name}' (pip install codec[deploy]).") from None
+    model, name = resolve_model(args.model)
+    nq = _checked_nq(args.nq, model, default=int(model.num_quantizers))
+    man = export_onnx(model, args.output, nq=nq, opset=args.opset, model_name=name)
+    if not args.quiet:
+        print(f"{name} -> {args.output}: {', '.join(g['file'] for g in man['graphs'].values())}, manifest.json "
+              f"({man['nq']} levels, {man['sample_rate']} Hz, decoder delay {man['decoder_delay']} samples)")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -441,6 +474,17 @@ def build_parser(lazy: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--samples", nargs="*", default=None, help="audio files to use (default pretrained/samples/*.wav)")
     _common(p)
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("export", help="write ONNX graphs of a model (encoder, decoder, streaming steps)",
+                       formatter_class=fmt, epilog=_EPILOGS["export"],
+                       description="Export a model for deployment: ONNX graphs plus a JSON manifest.")
+    p.add_argument("model", metavar="MODEL", help="model directory or pretrained name (e.g. speech-24k)")
+    p.add_argument("output", metavar="OUT_DIR", help="directory for the graphs and manifest.json (created)")
+    p.add_argument("--format", choices=("onnx",), required=True, help="export format (onnx)")
+    p.add_argument("--nq", type=_int, default=None, help="levels the encoder graphs produce (default: all)")
+    p.add_argument("--opset", type=_int, default=18, help="ONNX opset (default 18)")
+    _common(p, device=False)
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("bench", help="speed, streaming cost, quantizer throughput, memory", formatter_class=fmt,
                        epilog=_EPILOGS["bench"], add_help=lazy == "bench",

@@ -204,7 +204,7 @@ def test_info_text_and_json(tmp_path, tiny, model, capsys):
     assert d["num_levels"] == 2 and d["orig_sample_rate"] == 44100 and d["bitrate"] == pytest.approx(model.bitrate(2))
 
 
-@pytest.mark.parametrize("cmd", ["encode", "decode", "info", "trim", "demo", "bench", "eval"])
+@pytest.mark.parametrize("cmd", ["encode", "decode", "info", "trim", "demo", "export", "bench", "eval"])
 def test_help_has_examples(cmd, capsys):
     assert run(cmd, "-h") == 0
     out = capsys.readouterr().out

@@ -628,7 +628,7 @@ def test_outputs_honour_the_umask(env, tmp_path, umask, mode):
     ([], "the following arguments are required: COMMAND (see 'codec -h')."),
     (["decode"], "the following arguments are required: IN, OUT (see 'codec decode -h')."),
     (["encode", "a.wav", "b.codes", "--nq", "x"], "argument --nq: expected an integer, got 'x' (see 'codec encode -h')."),
-    (["bogus"], "argument COMMAND: invalid choice: 'bogus' (choose from 'encode', 'decode', 'info', 'trim', 'demo', "
+    (["bogus"], "argument COMMAND: invalid choice: 'bogus' (choose from 'encode', 'decode', 'info', 'trim', 'demo', 'export', "
                 "'bench', 'train', 'eval') (see 'codec -h')."),
     (["info", "x.codes", "--wat"], "unrecognized arguments: --wat (see 'codec -h')."),
     (["trim", "a.codes", "b.codes"], "the following arguments are required: --nq (see 'codec trim -h')."),

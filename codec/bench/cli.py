@@ -5,7 +5,8 @@ The measurements themselves live with their owners: ``codec.bench.model.benchmar
 ``benchmark_streaming`` / ``peak_memory_streaming`` (model) and ``codec.bench.rvq.bench_rvq``
 (quantizer).  This module picks the model, calls them with the arguments they accept, and formats results.
 ``codec bench rvq`` runs the quantizer part only; ``codec bench encodec`` times the model beside EnCodec 24 kHz
-(``benchmark_encodec``: random weights built by the ``encodec`` package, nothing downloaded).
+(``benchmark_encodec``: random weights built by the ``encodec`` package, nothing downloaded); ``codec bench onnx``
+times the exported ONNX graphs in ONNX Runtime beside PyTorch (``codec.bench.onnx.benchmark_onnx``).
 """
 from __future__ import annotations
 
@@ -24,10 +25,15 @@ __all__ = ["add_arguments", "run", "collect", "format_tables", "call_with_accept
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``codec bench``."""
-    parser.add_argument("what", nargs="?", choices=("all", "model", "rvq", "encodec"), default="all",
-                        help="all (default), model (codec speed, streaming, memory), rvq (quantizer only) or "
+    parser.add_argument("what", nargs="?", choices=("all", "model", "rvq", "encodec", "onnx"), default="all",
+                        help="all (default), model (codec speed, streaming, memory), rvq (quantizer only), "
                              "encodec (offline speed beside EnCodec 24 kHz's, timed the same way; needs the "
-                             "'encodec' package)")
+                             "'encodec' package) or onnx (offline speed in ONNX Runtime beside PyTorch's; needs "
+                             "the 'deploy' extra)")
+    parser.add_argument("--onnx-dir", default=None, metavar="DIR",
+                        help="time this 'codec export' directory in ONNX Runtime (default for 'onnx': export the "
+                             "model's encoder and decoder to a temporary directory first); with 'model' or "
+                             "'all' it adds the ONNX Runtime section")
     parser.add_argument("--model", default=None,
                         help="model directory or name (default: shipped speech-24k, else random weights of --preset)")
     parser.add_argument("--preset", default=None,
@@ -135,12 +141,18 @@ def collect(args: argparse.Namespace) -> Dict[str, Any]:
                 out[key] = {"result": out[key]}
             out[key].setdefault("wall_seconds", round(time.perf_counter() - t0, 3))
     if args.what == "encodec":
-        ref = _plain(call_with_accepted(mb.benchmark_encodec, seconds=args.seconds, nq=nq,
-                                        threads=getattr(args, "threads", None)))
-        ours = _plain(call_with_accepted(mb.benchmark_model, model=model, seconds=args.seconds, nq=nq,
-                                         device=args.device, threads=getattr(args, "threads", None)))
-        out["offline"], out["encodec"] = ours, ref
-        out["speedup_vs_encodec"] = {k: ours[f"{k}_x_realtime"] / ref[f"{k}_x_realtime"] for k in ("encode", "decode")}
+        threads = getattr(args, "threads", None)
+        ref = _plain(mb.benchmark_encodec(seconds=args.seconds, nq=nq, threads=threads))
+        ours = _plain(mb.benchmark_model(model, seconds=args.seconds, nq=nq, device=args.device, threads=threads))
+        _beside(out, "encodec", ours, ref, "speedup_vs_encodec")
+    if args.what == "onnx" or (args.onnx_dir and args.what in ("all", "model")):
+        from codec.bench.onnx import benchmark_onnx
+
+        threads = getattr(args, "threads", None)
+        ours = out.get("offline") or _plain(mb.benchmark_model(model, seconds=args.seconds, nq=nq, threads=threads))
+        ort = _plain(benchmark_onnx(model, seconds=args.seconds, nq=nq, onnx_dir=args.onnx_dir,
+                                    threads=threads or 2))
+        _beside(out, "onnx", ours, ort, "onnxruntime_speedup_vs_pytorch", invert=True)
     if args.what in ("all", "rvq"):
         try:
             from codec.bench.rvq import bench_rvq
@@ -149,6 +161,15 @@ def collect(args: argparse.Namespace) -> Dict[str, Any]:
         res = _plain(call_with_accepted(bench_rvq, device=args.device, n_frames=args.rvq_frames))
         out["rvq"] = res if isinstance(res, dict) else {"results": res}
     return out
+
+
+def _beside(out: Dict[str, Any], key: str, ours: Dict[str, Any], other: Dict[str, Any], ratio: str,
+            invert: bool = False) -> None:
+    """Store PyTorch's offline figures and ``other``'s under ``key``, with speed ratios ``ours / other`` (or
+    ``other / ours`` when ``invert``) under ``ratio``."""
+    out["offline"], out[key] = ours, other
+    a, b = (other, ours) if invert else (ours, other)
+    out[ratio] = {k: a[f"{k}_x_realtime"] / b[f"{k}_x_realtime"] for k in ("encode", "decode")}
 
 
 def _flatten(prefix: str, obj: Any, rows: List[List[str]]) -> None:

@@ -342,6 +342,9 @@ class Trainer:
         self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=self.dsched(0), betas=betas,
                                        weight_decay=float(oc["weight_decay"])) if self.disc is not None else None
         self.ema = WeightEMA(self.model, float(oc["ema"])) if float(oc["ema"] or 0) > 0 else None
+        self.freeze_generator = bool(tc.get("freeze_generator"))
+        if self.freeze_generator:
+            self._freeze_generator()
 
         amp = str(tc.get("amp", "auto")).lower()
         self.amp_dtype = torch.bfloat16 if (self.device.type == "cuda" and amp in ("auto", "bf16")) else None
@@ -413,6 +416,60 @@ class Trainer:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item() > 0.5)
 
+    # -------------------------------------------------------------------------------- frozen generator
+    def _freeze_generator(self) -> None:
+        """``train.freeze_generator``: the generator stays in eval mode (no quantizer dropout or codebook
+        updates) without gradients; only the discriminators train (from step 0, whatever adversarial.start_step)."""
+        if self.disc is None:
+            raise CodecError("train.freeze_generator trains only the discriminators: set adversarial.enabled=true "
+                             "and give discriminator.periods or discriminator.stft_windows.")
+        self.model.eval()
+        self.model.requires_grad_(False)
+
+    def _disc_step(self, wav: Tensor, lengths: Tensor) -> Optional[Dict[str, float]]:
+        """One discriminator update against the frozen generator's output of ``wav [B, 1, T]`` (the usual
+        discriminator loss; the generator's mel / adversarial / feature-matching losses are logged, not used).
+        A batch decodes with a random number of levels with the model's ``quantizer_dropout`` probability, as the
+        quantizer does per item in training; None when the loss or gradient is not finite."""
+        wav, lengths = wav.to(self.device, non_blocking=True), lengths.to(self.device)
+        for g in self.opt_d.param_groups:
+            g["lr"] = self.dsched(self.step)
+        nq_max = int(self.model.num_quantizers)
+        drop = float(getattr(_model_config(self.model), "quantizer_dropout", 0.0) or 0.0)
+        n_q = int(torch.randint(1, nq_max + 1, ())) if drop > 0 and float(torch.rand(())) < drop else None
+        T = wav.shape[-1]
+        smask = sample_mask(lengths, wav.shape[0], T, self.device).unsqueeze(1).to(wav.dtype)
+        with torch.no_grad(), self._autocast():
+            y = self.model(wav, lengths=lengths, n_q=n_q).audio[..., :T].float()
+        y = torch.nn.functional.pad(y, (0, T - y.shape[-1])) * smask
+        x = wav * smask
+        kind = self.cfg["adversarial"]["loss"]
+        with self._autocast():
+            real_l, real_f = self.disc(x)
+            fake_l, fake_f = self.disc(y)
+        d_loss = discriminator_adversarial_loss([r.float() for r in real_l], [f.float() for f in fake_l], kind)
+        with torch.no_grad():
+            mel = self.mel_loss(wav, y, (lengths - self.model.decoder_delay).clamp_min(0))
+            g_adv = generator_adversarial_loss([f.float() for f in fake_l], kind)
+            fm = feature_matching_loss([[t.float() for t in r] for r in real_f], [[t.float() for t in f] for f in fake_f])
+        logs = {"d_loss": float(d_loss.detach()), "loss": float(d_loss.detach()), "mel": float(mel),
+                "g_adv": float(g_adv), "fm": float(fm), "nq": float(n_q or nq_max)}
+        self.opt_d.zero_grad(set_to_none=True)
+        if not self._all_true(bool(torch.isfinite(d_loss))):
+            return None
+        d_loss.backward()
+        dparams = [p for p in self.disc.parameters() if p.requires_grad]
+        self._allreduce_grads(dparams)
+        clip = float(self.cfg["optim"]["grad_clip"] or 0.0)
+        gn = torch.nn.utils.clip_grad_norm_(dparams, clip if clip > 0 else float("inf"))
+        logs["d_grad_norm"] = float(gn)
+        if not self._all_true(bool(torch.isfinite(gn))):
+            self.opt_d.zero_grad(set_to_none=True)
+            return None
+        self.opt_d.step()
+        logs["lr"] = self.opt_d.param_groups[0]["lr"]
+        return logs
+
     # -------------------------------------------------------------------------------- checkpoints
     def _init_disc_from(self, init_from: str) -> None:
         from codec import pretrained
@@ -422,7 +479,12 @@ class Trainer:
         if f.is_file():
             from safetensors.torch import load_file
 
-            res = self.disc.load_state_dict(load_file(str(f)), strict=False)
+            try:
+                res = self.disc.load_state_dict(load_file(str(f)), strict=False)
+            except RuntimeError:  # same names, other sizes
+                raise CodecError(f"the discriminators in '{f}' have other sizes than this recipe's discriminator "
+                                 "settings: use the settings they were trained with (their training.json) or "
+                                 "model.init_discriminators=false.") from None
             if self.is_main:
                 print(f"codec.train: discriminators initialised from {f} "
                       f"({len(res.missing_keys)} missing keys)", file=sys.stderr)
@@ -514,7 +576,7 @@ class Trainer:
     def _train_loader(self) -> DataLoader:
         dc = self.cfg["data"]
         ds = CropDataset(self.train_items, self.sample_rate, float(dc["crop_seconds"]), self.seed,
-                         dc.get("loudness_db"), float(dc.get("max_gain_db", 20.0)))
+                         dc.get("rms_db"), float(dc.get("max_gain_db", 20.0)))
         sampler = StepBatchSampler(int(dc["batch_size"]), self.step, self.rank, self.world)
         nw = int(dc["num_workers"])
         kw: Dict[str, Any] = {}
@@ -532,6 +594,8 @@ class Trainer:
 
     def train_step(self, wav: Tensor, lengths: Tensor) -> Optional[Dict[str, float]]:
         """One optimisation step on ``wav [B, 1, T]`` with ``lengths [B]``; None when skipped (non-finite)."""
+        if self.freeze_generator:
+            return self._disc_step(wav, lengths)
         lo, adv = self.cfg["loss"], self.cfg["adversarial"]
         wav, lengths = wav.to(self.device, non_blocking=True), lengths.to(self.device)
         for g in self.opt_g.param_groups:
@@ -687,7 +751,7 @@ class Trainer:
         perceptual = _perceptual_metric_fns()
         dc = self.cfg["data"]
         ds = ValidDataset(self.valid_items, self.sample_rate, int(dc["valid_items"]),
-                          float(dc["valid_max_seconds"]), dc.get("loudness_db"), float(dc.get("max_gain_db", 20.0)))
+                          float(dc["valid_max_seconds"]), dc.get("rms_db"), float(dc.get("max_gain_db", 20.0)))
         model = self.model
         backup = None
         if self.ema is not None:
@@ -740,6 +804,18 @@ class Trainer:
             self._ref_logged = True
         return metrics
 
+    def _validate_at_start(self) -> Dict[str, float]:
+        """Validation before the first step (logged as step 0): the starting point, e.g. the init_from model.
+        Not a best checkpoint candidate: ``best.pt`` only ever holds trained weights."""
+        m = self.validate()
+        if self.is_main and m:
+            if self.freeze_generator:  # the generator's metrics stay these: the card reports them
+                self.best_metrics = dict(m)
+            self._log_jsonl({"step": 0, "kind": "valid", "train_seconds": 0.0, "cpu_hours": 0.0,
+                             "audio_hours_seen": 0.0, **m})
+            print(f"codec.train: step 0: valid mel {m['valid_loss']:.3f}", file=sys.stderr)
+        return m
+
     # -------------------------------------------------------------------------------- main loop
     def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
         if self._stop_signal is not None and signum == signal.SIGINT:
@@ -782,6 +858,8 @@ class Trainer:
         stopped = None
         session_start = time.time()
         saved_at = -1
+        if self.step == 0 and self.valid_items:
+            self._validate_at_start()
         try:
             while self.step < total_steps:
                 t0 = time.perf_counter()
@@ -840,7 +918,8 @@ class Trainer:
                 if do_valid and not stop:
                     m = self.validate()
                     if self.is_main and m:
-                        is_best = self.best_valid is None or m["valid_loss"] < self.best_valid
+                        is_best = not self.freeze_generator and (  # a frozen generator has no best checkpoint
+                            self.best_valid is None or m["valid_loss"] < self.best_valid)
                         if is_best:
                             self.best_valid = m["valid_loss"]
                             self.best_metrics = dict(m)

@@ -560,10 +560,10 @@ def _spectrogram_figure(example: Dict[str, object], systems: Sequence[Dict[str, 
 
 def _plots(result: Dict[str, object], examples: List[Dict[str, object]], out_dir: str) -> List[str]:
     plt = _pyplot()
+    systems: List[Dict[str, object]] = result["systems"]  # type: ignore[assignment]
+    sr = int(result["sample_rate"])  # type: ignore[arg-type]
     figs = [("metrics_vs_kbps.png", _metrics_figure(result), 100)]
-    for k, ex in enumerate(examples):
-        figs.append((f"spectrogram_{k}.png", _spectrogram_figure(ex, result["systems"],  # type: ignore[arg-type]
-                                                                  int(result["sample_rate"])), 90))  # type: ignore[arg-type]
+    figs += [(f"spectrogram_{k}.png", _spectrogram_figure(ex, systems, sr), 90) for k, ex in enumerate(examples)]
     paths: List[str] = []
     for name, fig, dpi in figs:
         p = os.path.join(out_dir, name)

@@ -451,7 +451,8 @@ class Trainer:
         with torch.no_grad():
             mel = self.mel_loss(wav, y, (lengths - self.model.decoder_delay).clamp_min(0))
             g_adv = generator_adversarial_loss([f.float() for f in fake_l], kind)
-            fm = feature_matching_loss([[t.float() for t in r] for r in real_f], [[t.float() for t in f] for f in fake_f])
+            fm = feature_matching_loss([[t.float() for t in r] for r in real_f],
+                                       [[t.float() for t in f] for f in fake_f])
         logs = {"d_loss": float(d_loss.detach()), "loss": float(d_loss.detach()), "mel": float(mel),
                 "g_adv": float(g_adv), "fm": float(fm), "nq": float(n_q or nq_max)}
         self.opt_d.zero_grad(set_to_none=True)

@@ -19,3 +19,6 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[dev]'
+# speaker similarity (codec eval --metrics ...,spk_sim): resemblyzer's webrtcvad dependency has no wheels, so the
+# wheel-built fork provides the module and resemblyzer goes in without its declared dependencies (all present)
+.venv/bin/python -m pip install -q webrtcvad-wheels && .venv/bin/python -m pip install -q --no-deps resemblyzer

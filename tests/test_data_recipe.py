@@ -79,7 +79,7 @@ def fake_tree(tmp_path_factory):
     _write(str(r / "usr/share/games/hedgewars/Data/Sounds/voices/Default_es/Hola.ogg"),
            speechlike(44100, 1.0, 210, seed=10), 44100, format="OGG", subtype="VORBIS")
     roots["hedgewars-data"] = str(r)
-    # alsa-utils: Noise.wav skipped; a silent clip is dropped by the loudness check
+    # alsa-utils: Noise.wav skipped; a silent clip is dropped by the RMS level check
     r = base / "alsa-utils"
     _write(str(r / "usr/share/sounds/alsa/Front_Left.wav"), speechlike(48000, 1.3, 130, seed=11), 48000)
     _write(str(r / "usr/share/sounds/alsa/Noise.wav"), np.random.default_rng(0).standard_normal(48000).astype(

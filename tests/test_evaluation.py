@@ -1,4 +1,5 @@
-"""Tests for `codec eval` (codec.eval.harness): inputs, end-to-end CLI run with a tiny model and Opus, user errors."""
+"""Tests for `codec eval` (codec.eval.harness): inputs, end-to-end CLI run with a tiny model and Opus (JSON, Markdown,
+CSV, plots), rates per metric, opt-in metrics, user errors."""
 from __future__ import annotations
 
 import json
@@ -95,7 +96,10 @@ def test_cli_eval_end_to_end(clips, model_dir, tmp_path, capsys):
 
     res = json.loads((out / "results.json").read_text())
     assert res["sample_rate"] == 16000 and res["confidence"] == 0.95
-    assert res["metrics"] == ["pesq", "stoi", "mel", "sisdr"]
+    assert res["metrics"] == ["pesq", "stoi", "mel", "sisdr", "dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl"]
+    assert res["metric_rates"] == {"pesq": 16000, "stoi": 10000, "mel": 16000, "sisdr": 16000, "dnsmos_sig": 16000,
+                                   "dnsmos_bak": 16000, "dnsmos_ovrl": 16000}
+    assert "rates: PESQ-WB, mel-dist, SI-SDR, DNSMOS at 16 kHz (the evaluation rate); STOI at 10 kHz" in stdout
     assert res["files"] == [str(clips / "a.wav"), str(clips / "b" / "c.flac")]
     assert [round(d, 2) for d in res["durations"]] == [1.2, 1.0]
     systems = {s["name"]: s for s in res["systems"]}
@@ -117,6 +121,35 @@ def test_cli_eval_end_to_end(clips, model_dir, tmp_path, capsys):
     # a random model is far worse than Opus at 12 kbps
     assert systems["ours nq=2"]["metrics"]["stoi"]["mean"] < opus12["metrics"]["stoi"]["mean"]
     assert systems["ours nq=2"]["metrics"]["mel"]["mean"] > opus12["metrics"]["mel"]["mean"]
+    assert systems["ours nq=2"]["metrics"]["dnsmos_ovrl"]["mean"] < opus12["metrics"]["dnsmos_ovrl"]["mean"]
+    # the references' non-intrusive scores: a row of their own, above the random model
+    ref = res["reference"]
+    assert sorted(ref["metrics"]) == ["dnsmos_bak", "dnsmos_ovrl", "dnsmos_sig"]
+    assert len(ref["per_file"]["dnsmos_ovrl"]) == 2
+    assert ref["metrics"]["dnsmos_ovrl"]["mean"] > systems["ours nq=2"]["metrics"]["dnsmos_ovrl"]["mean"]
+    assert rows["reference"].split()[1] == "-"
+
+    # the same table as Markdown and CSV beside the JSON
+    md = (out / "results.md").read_text().splitlines()
+    assert md[0] == ("| system | kbps | PESQ-WB ↑ | STOI ↑ | mel-dist ↓ | SI-SDR ↑ | DNSMOS-SIG ↑ | DNSMOS-BAK ↑ "
+                     "| DNSMOS-OVRL ↑ |")
+    assert md[1] == "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    assert [line.split(" | ")[0] for line in md[2:7]] == ["| ours nq=1", "| ours nq=2", "| opus@6", "| opus@12",
+                                                          "| reference"]
+    o12 = opus12["metrics"]["pesq"]
+    assert f"| {opus12['kbps']:.2f} | {o12['mean']:.2f}±{o12['ci95']:.2f} |" in md[5]
+    assert md[6].startswith("| reference | - |  |  |  |  | ")
+    assert "95 % t-interval over files; rates: " in md[-1]
+    import csv
+
+    with open(out / "results.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [r["system"] for r in table] == ["ours nq=1", "ours nq=2", "opus@6", "opus@12", "reference"]
+    assert [r["kind"] for r in table] == ["model", "model", "baseline", "baseline", "reference"]
+    assert float(table[3]["pesq_mean"]) == pytest.approx(o12["mean"], rel=1e-5)
+    assert float(table[3]["pesq_ci95"]) == pytest.approx(o12["ci95"], rel=1e-5) and table[3]["pesq_n"] == "2"
+    assert table[4]["pesq_mean"] == "" and float(table[4]["dnsmos_ovrl_mean"]) == pytest.approx(
+        ref["metrics"]["dnsmos_ovrl"]["mean"], rel=1e-5)
 
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert pngs == ["metrics_vs_kbps.png", "spectrogram_0.png"]
@@ -128,7 +161,7 @@ def test_cli_eval_end_to_end(clips, model_dir, tmp_path, capsys):
         img = mpimg.imread(str(out / p))
         assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 400
         assert float(img[..., :3].std()) > 0.05  # not a blank canvas
-    assert f"wrote {out / 'results.json'} and 2 PNG files" in stdout
+    assert f"wrote {out / 'results.json'}, results.md, results.csv and 2 PNG files" in stdout
 
 
 def test_evaluate_baselines_only_without_model(clips):
@@ -168,7 +201,7 @@ def test_cli_help_lists_flags_and_examples(capsys):
     (["{clips}", "--model", "{model}", "--nq", "1,16"], "--nq 16 exceeds the model's 8 quantizers."),
     (["{clips}"], "nothing to evaluate: give --model and/or --baseline."),
     (["{clips}", "--model", "{model}", "--metrics", "pesq,mos"],
-     "unknown metric 'mos' (choose from pesq, stoi, mel, sisdr, visqol)."),
+     "unknown metric 'mos' (choose from pesq, stoi, mel, sisdr, dnsmos, distillmos, spk_sim, visqol)."),
     (["{clips}", "--baseline", "opus@3"], "Opus supports 6..510 kbps, not 3."),
 ])
 def test_cli_user_errors(clips, model_dir, tmp_path, capsys, argv, msg):
@@ -194,3 +227,75 @@ def test_too_short_file_is_an_error(tmp_path, capsys):
     code, _, err = _run_cli(capsys, tmp_path, "--baseline", "opus@12")
     assert code == 2
     assert err.strip().splitlines()[-1] == f"codec: error: '{tmp_path / 'blip.wav'}' is shorter than 0.25 s, too short to evaluate."
+
+
+# ------------------------------------------------------------------------------------------ rates, plots
+
+
+def test_references_keep_their_own_rate_above_the_model_rate(clips):
+    """An 8 kHz system: PESQ/DNSMOS get the 16 kHz reference made from the 24 kHz file (its 4-8 kHz band kept),
+    not the 8 kHz one upsampled; the mel distance scores at 8 kHz."""
+    import torch
+
+    refs = E._references(str(clips / "a.wav"), 8000, [16000, 10000])
+    assert sorted(refs) == [8000, 10000, 16000]
+    spec = torch.stft(torch.from_numpy(refs[16000]), 512, window=torch.hann_window(512), return_complex=True).abs()
+    high = float(spec[129:].pow(2).sum() / spec.pow(2).sum())  # energy above 4 kHz
+    assert high > 1e-3
+    res = E.evaluate(str(clips / "a.wav"), baselines="codec2@3200", sample_rate=8000,
+                     metrics=["pesq", "mel", "stoi"], verbose=False)
+    assert res["metric_rates"] == {"pesq": 16000, "mel": 8000, "stoi": 10000}
+    from codec.eval import baselines as BL
+    from codec.eval.metrics import multiscale_mel_distance, pesq_wb
+    from codec.audio import resample
+
+    est = BL.run_baseline("codec2", "3200", refs[8000], 8000).audio
+    pf = res["systems"][0]["per_file"]
+    assert pf["pesq"][0] == pytest.approx(pesq_wb(refs[16000], resample(est, 8000, 16000), 16000), abs=1e-9)
+    assert pf["mel"][0] == pytest.approx(multiscale_mel_distance(refs[8000], est, 8000), abs=1e-9)
+    assert "rates: PESQ-WB at 16 kHz; STOI at 10 kHz; mel-dist at 8 kHz (the evaluation rate)" in E.format_table(res)
+
+
+def test_expand_metrics_groups_and_errors():
+    assert E.expand_metrics(["dnsmos", "pesq", "dnsmos_ovrl"]) == ["dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "pesq"]
+    with pytest.raises(CodecError) as ei:
+        E.expand_metrics(["mos"])
+    assert str(ei.value) == ("unknown metric 'mos' (choose from pesq, stoi, mel, sisdr, dnsmos, distillmos, spk_sim, "
+                             "visqol).")
+
+
+def test_opt_in_metrics_score_speaker_similarity_and_distillmos(clips):
+    res = E.evaluate(str(clips / "a.wav"), baselines="opus@12", sample_rate=24000,
+                     metrics=["spk_sim", "distillmos"], verbose=False)
+    assert res["metrics"] == ["spk_sim", "distillmos"]
+    assert res["metric_rates"] == {"spk_sim": 16000, "distillmos": 16000}
+    m = res["systems"][0]["metrics"]
+    assert 0.8 < m["spk_sim"]["mean"] <= 1.0 and 1.0 <= m["distillmos"]["mean"] <= 5.0
+    assert list(res["reference"]["metrics"]) == ["distillmos"]  # speaker similarity needs two signals
+
+
+def test_kbps_axis_has_plain_number_ticks():
+    plt = E._pyplot()
+    fig, ax = plt.subplots()
+    ax.plot([0.4, 1.6, 6.4, 12.8], [1, 2, 3, 4])
+    E._kbps_axis(ax)
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax.get_xticklabels() if 0.4 <= t.get_position()[0] <= 12.8]
+    plt.close(fig)
+    assert labels == ["0.5", "1", "2", "5", "10"]
+
+
+def test_spectrograms_have_db_colour_bars_on_one_scale():
+    sr = 16000
+    t = np.arange(sr) / sr
+    sine = np.sin(2 * np.pi * 1000 * t).astype(np.float32)
+    ex = {"path": "x.wav", "ref": sine, "outs": {"ours nq=1": 0.1 * sine}}
+    fig = E._spectrogram_figure(ex, [{"name": "ours nq=1", "kind": "model"}], sr)
+    images = [im for ax in fig.axes for im in ax.get_images()]
+    bars = [ax for ax in fig.axes if ax.get_ylabel() == "dBFS"]
+    E._pyplot().close(fig)
+    assert len(images) == 2 and len(bars) == 2
+    assert {im.get_clim() for im in images} == {images[0].get_clim()}  # one colour scale for every panel
+    vmin, vmax = images[0].get_clim()
+    assert vmax == pytest.approx(0.0, abs=0.01) and vmax - vmin == pytest.approx(80.0)  # full-scale sine: 0 dBFS
+    assert float(images[1].get_array().max()) == pytest.approx(-20.0, abs=0.01)  # a tenth of it: -20 dBFS

@@ -237,8 +237,10 @@ def test_export_and_finetune(wavs, tmp_path):
     assert (tmp_path / "ft" / "ckpt_00000002.pt").is_file()
 
 
-def test_cli_errors_and_print_config(tmp_path, capsys):
+def test_cli_errors_and_print_config(tmp_path, capsys, monkeypatch):
     from codec.cli import main
+
+    monkeypatch.setenv("CODEC_DATA", str(tmp_path / "corpus"))
 
     assert main(["train", str(REPO / "recipes" / "tiny-cpu.yaml"), "train.steps=5", "--print-config"]) == 0
     assert "steps: 5" in capsys.readouterr().out
@@ -296,3 +298,153 @@ def test_padding_in_batch_does_not_change_real_item_loss_through_the_model(wavs,
         y = t.model(batch, lengths=lengths).audio[..., : batch.shape[-1]]
         per_item = t.mel_loss(batch, y, lengths, reduction="none")
     torch.testing.assert_close(per_item[0], alone, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ frozen generator, step 0
+
+
+def _disc_params(t):
+    return {k: v.detach().clone() for k, v in t.disc.state_dict().items()}
+
+
+def test_step0_validation_is_logged_before_the_first_step(wavs, tmp_path):
+    from codec.train.trainer import Trainer
+
+    out = tmp_path / "run"
+    Trainer(_cfg(wavs, out, "train.steps=2", "adversarial.enabled=false", "train.valid_interval=2")).fit()
+    recs = _metrics(out)
+    assert [(r["step"], r["kind"]) for r in recs] == [(0, "valid"), (1, "train"), (2, "train"), (2, "valid")]
+    assert np.isfinite(recs[0]["mel/nq1"]) and recs[0]["audio_hours_seen"] == 0.0
+    assert not (out / "ckpt_00000000.pt").exists()  # the starting point is logged, not checkpointed
+
+
+def test_frozen_generator_trains_only_discriminators_then_finetune_loads_them(wavs, tmp_path):
+    import codec
+    from codec.train.export import export_discriminators, export_run
+    from codec.train.trainer import Trainer
+
+    # a "shipped" model trained without discriminators
+    base = tmp_path / "base_run"
+    Trainer(_cfg(wavs, base, "train.steps=2", "adversarial.enabled=false", "optim.ema=0")).fit()
+    shipped = export_run(base, tmp_path / "shipped")
+    assert not (shipped / "discriminator.safetensors").exists()
+    assert "discriminators: none (trained without them)" in (shipped / "README.md").read_text()
+
+    warm = tmp_path / "warm"
+    t = Trainer(_cfg(wavs, warm, "train.steps=3", f"model.init_from={shipped}", "train.freeze_generator=true",
+                     "optim.ema=0", "adversarial.start_step=100", "model.overrides.quantizer_dropout=0.5"))
+    g0 = {k: v.clone() for k, v in t.model.state_dict().items()}
+    d0 = _disc_params(t)
+    assert not t.model.training and not any(p.requires_grad for p in t.model.parameters())
+    t.fit()
+    g1, d1 = t.model.state_dict(), _disc_params(t)
+    assert g0.keys() == g1.keys() and all(torch.equal(g0[k], g1[k]) for k in g0)  # bit-identical generator
+    assert any(not torch.equal(d0[k], d1[k]) for k in d0)  # the discriminators trained (from step 0)
+    train = [r for r in _metrics(warm) if r["kind"] == "train"]
+    assert len(train) == 3 and all(np.isfinite(r["d_loss"]) and np.isfinite(r["mel"]) for r in train)
+    assert not (warm / "best.pt").exists()
+
+    # the warm discriminators go beside the shipped model; the card and training.json say so, without paths
+    f = export_discriminators(warm, shipped)
+    assert f == shipped / "discriminator.safetensors"
+    card = (shipped / "README.md").read_text()
+    assert "## Discriminators" in card and "against the frozen generator of init_from" in card
+    info = json.loads((shipped / "training.json").read_text())
+    assert info["discriminators"]["steps"] == 3 and info["discriminators"]["frozen_generator"] is True
+    for text in (card, (shipped / "training.json").read_text()):
+        assert str(tmp_path) not in text and str(wavs) not in text
+    # ... and refuse a model that is not the run's generator
+    other = export_run(base, tmp_path / "other")
+    with torch.no_grad():
+        m = codec.load(str(other))
+        next(m.parameters()).add_(1.0)
+        m.save_pretrained(str(other))
+    with pytest.raises(CodecError, match="is not the model in"):
+        export_discriminators(warm, other)
+
+    # a fine-tune with init_from starts from them
+    ft = Trainer(_cfg(wavs, tmp_path / "ft", "train.steps=1", f"model.init_from={shipped}", "optim.ema=0"))
+    assert all(torch.equal(d1[k], v) for k, v in ft.disc.state_dict().items())
+    with pytest.raises(CodecError) as ei:
+        Trainer(_cfg(wavs, tmp_path / "ft2", f"model.init_from={shipped}", "discriminator.mpd_channels=6"))
+    assert str(ei.value) == (f"the discriminators in '{f}' have other sizes than this recipe's discriminator settings: "
+                             "use the settings they were trained with (their training.json) or "
+                             "model.init_discriminators=false.")
+
+
+def test_export_of_frozen_run_writes_discriminators_and_records_init_from_and_hours(wavs, tmp_path):
+    from codec.train.export import export_run
+    from codec.train.trainer import Trainer
+
+    base = tmp_path / "base"
+    Trainer(_cfg(wavs, base, "train.steps=1", "adversarial.enabled=false", "optim.ema=0")).fit()
+    shipped = export_run(base, tmp_path / "shipped")
+    warm = tmp_path / "warm"
+    Trainer(_cfg(wavs, warm, "train.steps=1", f"model.init_from={shipped}", "train.freeze_generator=true")).fit()
+    out = export_run(warm, tmp_path / "out")
+    assert (out / "discriminator.safetensors").is_file()
+    card = (out / "README.md").read_text()
+    info = json.loads((out / "training.json").read_text())
+    assert info["init_from"] == "shipped" and "- initialised from: shipped" in card
+    assert info["train_hours"] == 0.0 and info["audio_hours_seen"] > 0  # folder input: no manifest durations
+    assert info["discriminators"] == "discriminator.safetensors"
+    assert "mel/nq1" in card  # the frozen generator's step-0 validation is its metrics
+    for text in (card, (out / "training.json").read_text()):
+        assert str(tmp_path) not in text and str(wavs) not in text
+
+
+def test_freeze_generator_without_discriminators_is_an_error(wavs, tmp_path):
+    from codec.train.trainer import Trainer
+
+    with pytest.raises(CodecError) as ei:
+        Trainer(_cfg(wavs, tmp_path / "r", "train.freeze_generator=true", "adversarial.enabled=false"))
+    assert str(ei.value) == ("train.freeze_generator trains only the discriminators: set adversarial.enabled=true "
+                             "and give discriminator.periods or discriminator.stft_windows.")
+
+
+# ------------------------------------------------------------------------------------------ recipes on a fresh machine
+
+
+RECIPES = sorted((REPO / "recipes").glob("**/*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(REPO / "recipes")))
+def test_recipes_need_codec_data_and_name_no_local_path(recipe, tmp_path, monkeypatch):
+    text = recipe.read_text()
+    assert "/work/" not in text
+    monkeypatch.delenv("CODEC_DATA", raising=False)
+    with pytest.raises(CodecError) as ei:
+        load_config(recipe)
+    train = load_config(recipe, ["data.train=x.jsonl", "data.valid=y.jsonl"])["data"]["train"]
+    assert train == "x.jsonl"  # explicit paths need no CODEC_DATA
+    assert str(ei.value).startswith("data.train is '${CODEC_DATA}/")
+    assert str(ei.value).endswith("but CODEC_DATA is not set: run e.g. 'CODEC_DATA=/path/to/corpus codec train ...' "
+                                  "or give data.train=PATH.")
+    monkeypatch.setenv("CODEC_DATA", str(tmp_path))
+    cfg = load_config(recipe)
+    assert cfg["data"]["train"].startswith(str(tmp_path) + "/") and not os.path.isabs(cfg["train"]["out_dir"])
+
+
+def test_readme_training_commands_parse_with_the_users_paths(tmp_path, monkeypatch):
+    """Every `codec train RECIPE ...` line in README.md names an existing recipe and loads with CODEC_DATA set
+    (as the README shows it) or with the data paths it gives."""
+    import argparse
+    import shlex
+
+    from codec.train.cli import add_arguments
+
+    readme = (REPO / "README.md").read_text()
+    lines = [l.strip() for l in readme.splitlines() if "codec train recipes/" in l or "codec.train recipes/" in l]
+    assert len(lines) >= 5
+    for line in lines:
+        cmd = line.split("#")[0].strip().strip("`").split("`")[0]
+        words = shlex.split(cmd)
+        env = [w for w in words if "=" in w and w.split("=")[0].isupper()]
+        assert "CODEC_DATA=/path/to/corpus" in env or any(w.startswith("data.train=") for w in words), line
+        args = words[next(i for i, w in enumerate(words) if w.startswith("recipes/")):]
+        p = argparse.ArgumentParser()
+        add_arguments(p)
+        ns = p.parse_args(args)
+        monkeypatch.setenv("CODEC_DATA", str(tmp_path))
+        cfg = load_config(REPO / ns.config, list(ns.overrides))
+        assert cfg["data"]["train"]

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from codec.errors import CodecError
 from codec.train.config import load_config
-from codec.train.data import (CropDataset, StepBatchSampler, ValidDataset, collate, loudness_normalize, read_items,
+from codec.train.data import (CropDataset, StepBatchSampler, ValidDataset, collate, rms_normalize, read_items,
                               worker_init_fn)
 
 
@@ -77,7 +77,7 @@ def test_manifest_and_folder(tmp_path):
 def test_crops_deterministic_padded_resampled_normalised(tmp_path):
     _write_tones(tmp_path / "wavs")
     items = read_items(tmp_path / "wavs")
-    ds = CropDataset(items, 16000, 0.5, seed=3, loudness_db=-20.0)
+    ds = CropDataset(items, 16000, 0.5, seed=3, rms_db=-20.0)
     seen_short = seen_full = False
     for k in range(12):
         x, n = ds[k]
@@ -101,12 +101,12 @@ def test_crops_deterministic_padded_resampled_normalised(tmp_path):
         assert abs(n - round(items[i]["duration"] * 16000)) <= 2 if "duration" in items[i] else n > 0
 
 
-def test_loudness_normalize_limits():
+def test_rms_normalize_limits():
     x = np.full(100, 1e-6, dtype=np.float32)
-    y = loudness_normalize(x, -20.0, max_gain_db=20.0)
+    y = rms_normalize(x, -20.0, max_gain_db=20.0)
     assert np.allclose(y, x * 10)                              # at most +20 dB
     x = np.r_[np.zeros(99), 1.0].astype(np.float32)
-    assert np.max(np.abs(loudness_normalize(x, -3.0))) <= 0.99 + 1e-6
+    assert np.max(np.abs(rms_normalize(x, -3.0))) <= 0.99 + 1e-6
 
 
 def test_step_sampler_shards_and_resumes():

@@ -3,11 +3,19 @@
 For every input file the model encodes once with the largest requested ``nq`` and decodes the first
 ``nq`` codebooks for each requested ``nq`` (residual quantization: the first levels of a deeper encoding are
 the shallower encoding). Baselines (Opus, AMR-WB, Codec2; see :mod:`codec.eval.baselines`) run on the same reference.
-Metrics per file: PESQ-WB, STOI, multi-scale log-mel distance, SI-SDR, bitrate; reported as means with 95 %
-Student-t confidence intervals over files.
+Metrics per file: PESQ-WB, STOI, multi-scale log-mel distance, SI-SDR, DNSMOS (SIG/BAK/OVRL) and bitrate by
+default; opt-in DistillMOS, speaker similarity (Resemblyzer) and ViSQOL; reported as means with 95 % Student-t
+confidence intervals over files. The non-intrusive MOS predictors also score the references (the "reference" row).
 
-Outputs: a table on stdout; with ``--out DIR``: ``results.json`` (summaries and per-file values),
-``metrics_vs_kbps.png`` and ``spectrogram_<k>.png`` for the first few files.
+Rates: the model (or ``--sample-rate``) rate is the evaluation rate; the mel distance and SI-SDR score there.
+The fixed-rate metrics (PESQ-WB, DNSMOS, DistillMOS, speaker similarity and ViSQOL at 16 kHz, STOI at 10 kHz; see
+:data:`codec.eval.metrics.METRIC_RATES`) take the reference resampled from the file's own rate, never through a
+lower model rate, and the decoded audio resampled from the model rate: an 8 kHz system is scored against the
+full-band 16 kHz reference. ``results.json`` records each metric's rate under ``"metric_rates"``.
+
+Outputs: a table on stdout; with ``--out DIR``: ``results.json`` (summaries and per-file values), the same table
+as ``results.md`` (Markdown) and ``results.csv``, ``metrics_vs_kbps.png`` and ``spectrogram_<k>.png`` (dBFS
+colour bars) for the first few files.
 
 ViSQOL (speech mode, MOS-LQO) is opt-in: ``--metrics pesq,stoi,mel,sisdr,visqol`` with the unofficial
 pure-Python port ``visqol-python[lattice]`` installed (not part of any extra: it builds ``libsvm-official``
@@ -16,6 +24,7 @@ from source and pulls the TFLite runtime); the JSON records under ``"visqol"`` w
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import os
@@ -27,18 +36,29 @@ import numpy as np
 
 from codec.errors import CodecError
 
-__all__ = ["evaluate", "add_arguments", "run", "list_inputs", "format_table", "METRICS", "DEFAULT_METRICS"]
+__all__ = ["evaluate", "add_arguments", "run", "list_inputs", "format_table", "format_markdown", "write_csv",
+           "rate_note", "expand_metrics", "METRICS", "METRIC_GROUPS", "NON_INTRUSIVE", "DEFAULT_METRICS"]
 
-#: metric key -> (column title, higher is better, decimals in the table)
+#: metric column -> (column title, higher is better, decimals in the table)
 METRICS: Dict[str, Tuple[str, bool, int]] = {
     "pesq": ("PESQ-WB", True, 2),
     "stoi": ("STOI", True, 3),
     "mel": ("mel-dist", False, 3),
     "sisdr": ("SI-SDR", True, 2),
+    "dnsmos_sig": ("DNSMOS-SIG", True, 2),
+    "dnsmos_bak": ("DNSMOS-BAK", True, 2),
+    "dnsmos_ovrl": ("DNSMOS-OVRL", True, 2),
+    "distillmos": ("DistillMOS", True, 2),
+    "spk_sim": ("spk-sim", True, 3),
     "visqol": ("ViSQOL", True, 2),
 }
-#: metrics computed when none are named (ViSQOL is opt-in)
-DEFAULT_METRICS: Tuple[str, ...] = ("pesq", "stoi", "mel", "sisdr")
+#: ``--metrics`` names that stand for several columns
+METRIC_GROUPS: Dict[str, Tuple[str, ...]] = {"dnsmos": ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl")}
+#: columns that score the decoded audio alone (the references get a row of their own)
+NON_INTRUSIVE = ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "distillmos")
+#: metrics computed when none are named (DistillMOS, speaker similarity and ViSQOL are opt-in)
+DEFAULT_METRICS: Tuple[str, ...] = ("pesq", "stoi", "mel", "sisdr", "dnsmos")
+_CHOICES = ("pesq", "stoi", "mel", "sisdr", "dnsmos", "distillmos", "spk_sim", "visqol")
 AUDIO_EXTS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".oga")
 VISQOL_OFF = "not computed (opt-in: --metrics ...,visqol with visqol-python[lattice] installed)"
 VISQOL_ON = "speech mode, visqol-python (unofficial port of ViSQOL v3) with the lattice mapping"
@@ -92,12 +112,15 @@ def list_inputs(src: Union[str, Sequence[str]], max_files: Optional[int] = None)
     return files
 
 
-def _load_mono(path: str, sample_rate: int) -> np.ndarray:
-    """Load a file as mono float32 ``[T]`` at ``sample_rate`` (soxr resampling)."""
+def _references(path: str, sample_rate: int, rates: Sequence[int]) -> Dict[int, np.ndarray]:
+    """The file as mono float32 ``[T]`` at ``sample_rate`` and at each of ``rates``, each resampled (soxr) from
+    the file's own rate: ``{rate: [T_rate]}``."""
     from codec.audio import load_audio, resample, to_mono
 
     wav, sr = load_audio(path)
-    return np.ascontiguousarray(resample(to_mono(wav)[0], int(sr), sample_rate), dtype=np.float32)
+    mono = to_mono(wav)[0]
+    return {r: np.ascontiguousarray(resample(mono, int(sr), r), dtype=np.float32)
+            for r in sorted({int(sample_rate), *map(int, rates)})}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,23 +128,70 @@ def _load_mono(path: str, sample_rate: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
+def expand_metrics(names: Sequence[str]) -> List[str]:
+    """``--metrics`` names -> metric columns (``dnsmos`` -> SIG, BAK, OVRL), in order, without repeats.
+
+    Raises:
+        CodecError: an unknown name.
+    """
+    out: List[str] = []
+    for n in names:
+        cols = METRIC_GROUPS.get(n, (n,))
+        if cols[0] not in METRICS:
+            raise CodecError(f"unknown metric '{n}' (choose from {', '.join(_CHOICES)}).")
+        out.extend(c for c in cols if c not in out)
+    return out
+
+
+def _package_key(column: str) -> str:
+    """The metric behind a column (``dnsmos_ovrl`` -> ``dnsmos``)."""
+    return next((g for g, cols in METRIC_GROUPS.items() if column in cols), column)
+
+
+def _rate(column: str, sr: int) -> int:
+    """The rate a column scores at: its fixed rate, else the evaluation rate ``sr``."""
+    from codec.eval.metrics import METRIC_RATES
+
+    return int(METRIC_RATES.get(_package_key(column), sr))
+
+
 def _check_metrics(metrics: Sequence[str]) -> None:
     from codec.eval.metrics import OPTIONAL_PACKAGES, require
 
-    for m in metrics:
-        if m not in METRICS:
-            raise CodecError(f"unknown metric '{m}' (choose from {', '.join(METRICS)}).")
-        if m in OPTIONAL_PACKAGES:
-            require(m)
+    for key in dict.fromkeys(_package_key(m) for m in metrics):
+        if key in OPTIONAL_PACKAGES:
+            require(key)
 
 
-def _score(ref: np.ndarray, est: np.ndarray, sr: int, metrics: Sequence[str]) -> Dict[str, float]:
+def _score(refs: Dict[int, np.ndarray], est: Optional[np.ndarray], sr: int,
+           metrics: Sequence[str]) -> Dict[str, float]:
+    """Score ``est [T]`` (at ``sr``) against the references ``{rate: [T_rate]}``; ``est=None`` scores the
+    reference itself with the non-intrusive columns only."""
+    from codec.audio import resample
     from codec.eval import metrics as M
 
-    fns = {"pesq": lambda: M.pesq_wb(ref, est, sr), "stoi": lambda: M.stoi(ref, est, sr),
-           "mel": lambda: M.multiscale_mel_distance(ref, est, sr), "sisdr": lambda: M.si_sdr(ref, est),
-           "visqol": lambda: M.visqol_speech(ref, est, sr)}
-    return {m: fns[m]() for m in metrics}
+    ests: Dict[int, np.ndarray] = {}
+    if est is not None:
+        ests = {r: (est if r == sr else resample(est, sr, r)) for r in {_rate(m, sr) for m in metrics}}
+    else:
+        metrics = [m for m in metrics if m in NON_INTRUSIVE]
+    out: Dict[str, float] = {}
+    for m in metrics:
+        r = _rate(m, sr)
+        ref = refs[r]
+        e = ests.get(r, ref)
+        if m.startswith("dnsmos_"):
+            if "_dnsmos" not in out:
+                out["_dnsmos"] = M.dnsmos(e, r)  # type: ignore[assignment]
+            out[m] = out["_dnsmos"][m.split("_", 1)[1]]  # type: ignore[index]
+            continue
+        fns = {"pesq": lambda: M.pesq_wb(ref, e, r), "stoi": lambda: M.stoi(ref, e, r),
+               "mel": lambda: M.multiscale_mel_distance(ref, e, r), "sisdr": lambda: M.si_sdr(ref, e),
+               "visqol": lambda: M.visqol_speech(ref, e, r), "distillmos": lambda: M.distill_mos(e, r),
+               "spk_sim": lambda: M.speaker_similarity(ref, e, r)}
+        out[m] = fns[m]()
+    out.pop("_dnsmos", None)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,10 +229,13 @@ def evaluate(inputs: Union[str, Sequence[str]], model: Optional[object] = None,
             :func:`codec.eval.baselines.parse_baselines`); empty = none.
         out_dir: write ``results.json`` and PNG plots there.
         sample_rate: reference rate when no model is given (default 24000); otherwise the model's rate.
-        metrics: subset of :data:`METRICS` (``pesq stoi mel sisdr visqol``); default :data:`DEFAULT_METRICS`.
+        metrics: names from ``pesq stoi mel sisdr dnsmos distillmos spk_sim visqol`` (``dnsmos`` = its SIG,
+            BAK and OVRL columns, see :func:`expand_metrics`); default :data:`DEFAULT_METRICS`.
     Returns:
-        ``{"files", "sample_rate", "systems": [{"name", "kind", "nq"|"codec"/"setting", "kbps",
-        "nominal_kbps", "metrics": {key: {"mean", "ci95", "n"}}, "per_file": {key: [..]}}], "visqol", ...}``
+        ``{"files", "sample_rate", "metrics": [columns], "metric_rates": {column: Hz}, "systems": [{"name",
+        "kind", "nq"|"codec"/"setting", "kbps", "nominal_kbps", "metrics": {column: {"mean", "ci95", "n"}},
+        "per_file": {column: [..]}}], "reference": {"metrics", "per_file"} (non-intrusive columns of the
+        references; empty without them), "visqol", ...}``
     """
     import torch
 
@@ -170,7 +243,7 @@ def evaluate(inputs: Union[str, Sequence[str]], model: Optional[object] = None,
     from codec.eval.metrics import summarize
 
     t0 = time.time()
-    metrics = list(metrics)
+    metrics = expand_metrics(list(metrics))
     _check_metrics(metrics)
     files = list_inputs(inputs, max_files)
     mdl = None
@@ -207,11 +280,15 @@ def evaluate(inputs: Union[str, Sequence[str]], model: Optional[object] = None,
     for c, s in base_list:
         systems.append({"name": f"{c}@{s}", "kind": "baseline", "codec": c, "setting": s,
                         "per_file": {m: [] for m in metrics + ["kbps"]}})
+    rates = [_rate(m, sr) for m in metrics]
+    ref_metrics = [m for m in metrics if m in NON_INTRUSIVE]
+    reference: Dict[str, object] = {"per_file": {m: [] for m in ref_metrics}}
     durations: List[float] = []
     spec_examples: List[Dict[str, object]] = []
     dev = next(mdl.parameters()).device if mdl is not None and any(True for _ in mdl.parameters()) else "cpu"
     for fi, path in enumerate(files):
-        ref = _load_mono(path, sr)
+        refs = _references(path, sr, rates)
+        ref = refs[sr]
         if len(ref) < sr // 4:
             raise CodecError(f"'{path}' is shorter than 0.25 s, too short to evaluate.")
         durations.append(len(ref) / sr)
@@ -237,11 +314,13 @@ def evaluate(inputs: Union[str, Sequence[str]], model: Optional[object] = None,
                 kb = r.kbps
                 sysd.setdefault("nominal_kbps", r.nominal_kbps)
                 outs[name] = est
-            sc = _score(ref, est, sr, metrics)
+            sc = _score(refs, est, sr, metrics)
             pf = sysd["per_file"]
             for m in metrics:
                 pf[m].append(sc[m])  # type: ignore[index]
             pf["kbps"].append(kb)  # type: ignore[index]
+        for m, v in _score(refs, None, sr, ref_metrics).items():
+            reference["per_file"][m].append(v)  # type: ignore[index]
         if fi < n_spectrograms:
             spec_examples.append({"path": path, "ref": ref, "outs": outs})
         if verbose:
@@ -251,13 +330,16 @@ def evaluate(inputs: Union[str, Sequence[str]], model: Optional[object] = None,
         pf = sysd["per_file"]  # type: ignore[assignment]
         sysd["metrics"] = {m: summarize(pf[m]) for m in metrics}  # type: ignore[index]
         sysd["kbps"] = float(np.mean(pf["kbps"]))  # type: ignore[index]
+    reference["metrics"] = {m: summarize(v) for m, v in reference["per_file"].items()}  # type: ignore[union-attr]
     result: Dict[str, object] = {
         "model": model_name,
         "sample_rate": sr,
         "files": files,
         "durations": durations,
         "metrics": metrics,
+        "metric_rates": {m: _rate(m, sr) for m in metrics},
         "systems": systems,
+        "reference": reference if ref_metrics else {},
         "visqol": VISQOL_ON if "visqol" in metrics else VISQOL_OFF,
         "confidence": 0.95,
         "wall_time_s": round(time.time() - t0, 2),
@@ -266,6 +348,9 @@ def evaluate(inputs: Union[str, Sequence[str]], model: Optional[object] = None,
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as f:
             json.dump(_jsonable(result), f, indent=2)
+        with open(os.path.join(out_dir, "results.md"), "w", encoding="utf-8") as f:
+            f.write(format_markdown(result))
+        write_csv(result, os.path.join(out_dir, "results.csv"))
         result["plots"] = _plots(result, spec_examples, out_dir)
     return result
 
@@ -291,21 +376,85 @@ def _fmt(mean: float, ci: float, digits: int) -> str:
     return f"{mean:.{digits}f}±{ci:.{digits}f}"
 
 
+def _rows(result: Dict[str, object]) -> List[Tuple[str, Optional[float], Dict[str, dict]]]:
+    """``(name, kbps or None, {column: summary})`` per system, then the references' row when scored."""
+    rows = [(str(s["name"]), float(s["kbps"]), s["metrics"]) for s in result["systems"]]  # type: ignore[union-attr]
+    ref = result.get("reference") or {}
+    if ref:
+        rows.append(("reference", None, ref["metrics"]))  # type: ignore[index]
+    return rows
+
+
+def _cell(summaries: Dict[str, dict], m: str) -> str:
+    """``mean±ci`` of column ``m``, ``n/a`` without a value, empty when the row has no such column."""
+    if m not in summaries:
+        return ""
+    return _fmt(summaries[m]["mean"], summaries[m]["ci95"], METRICS[m][2])
+
+
+def rate_note(result: Dict[str, object]) -> str:
+    """Which rate each metric scored at, e.g. ``PESQ-WB, DNSMOS at 16 kHz; STOI at 10 kHz; mel-dist, SI-SDR at
+    24 kHz (the evaluation rate)``."""
+    by_rate: Dict[int, List[str]] = {}
+    for m, r in result["metric_rates"].items():  # type: ignore[union-attr]
+        key = _package_key(m)
+        title = key.upper() if key in METRIC_GROUPS else METRICS[m][0]
+        if title not in by_rate.setdefault(int(r), []):
+            by_rate[int(r)].append(title)
+    sr = int(result["sample_rate"])  # type: ignore[arg-type]
+    parts = [f"{', '.join(t)} at {r / 1000:g} kHz" + (" (the evaluation rate)" if r == sr else "")
+             for r, t in sorted(by_rate.items(), reverse=True)]
+    return "; ".join(parts)
+
+
+def _footer(result: Dict[str, object]) -> str:
+    n = len(result["files"])  # type: ignore[arg-type]
+    dur = sum(result["durations"])  # type: ignore[arg-type]
+    return (f"{n} files, {dur:.1f} s of audio at {result['sample_rate']} Hz; ± = 95 % t-interval over files; "
+            f"rates: {rate_note(result)}; ViSQOL {result['visqol']}")
+
+
 def format_table(result: Dict[str, object]) -> str:
-    """Plain-text table: one row per system, mean ± 95 % CI half-width per metric."""
+    """Plain-text table: one row per system (and the references' row for non-intrusive metrics), mean ± 95 %
+    CI half-width per metric, then a line saying which rate each metric used."""
     metrics: List[str] = list(result["metrics"])  # type: ignore[arg-type]
     head = f"{'system':18s} {'kbps':>7s} " + " ".join(f"{METRICS[m][0]:>14s}" for m in metrics)
     lines = [head, "-" * len(head)]
-    for s in result["systems"]:  # type: ignore[union-attr]
-        row = f"{s['name']:18s} {s['kbps']:7.2f} "
-        row += " ".join(f"{_fmt(s['metrics'][m]['mean'], s['metrics'][m]['ci95'], METRICS[m][2]):>14s}"
-                        for m in metrics)
-        lines.append(row)
-    n = len(result["files"])  # type: ignore[arg-type]
-    dur = sum(result["durations"])  # type: ignore[arg-type]
-    lines.append(f"{n} files, {dur:.1f} s of audio at {result['sample_rate']} Hz; ± = 95 % t-interval over files; "
-                 f"ViSQOL {result['visqol']}")
+    for name, kbps, summ in _rows(result):
+        kb = f"{kbps:7.2f}" if kbps is not None else f"{'-':>7s}"
+        lines.append(f"{name:18s} {kb} " + " ".join(f"{_cell(summ, m):>14s}" for m in metrics))
+    lines.append(_footer(result))
     return "\n".join(lines)
+
+
+def format_markdown(result: Dict[str, object]) -> str:
+    """The table of :func:`format_table` as Markdown (arrows say which direction is better), with the notes."""
+    metrics: List[str] = list(result["metrics"])  # type: ignore[arg-type]
+    cols = ["system", "kbps"] + [f"{METRICS[m][0]} {'↑' if METRICS[m][1] else '↓'}" for m in metrics]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] + ["---:"] * (len(cols) - 1)) + "|"]
+    for name, kbps, summ in _rows(result):
+        kb = f"{kbps:.2f}" if kbps is not None else "-"
+        lines.append("| " + " | ".join([name, kb] + [_cell(summ, m) for m in metrics]) + " |")
+    return "\n".join(lines) + "\n\n" + _footer(result) + "\n"
+
+
+def write_csv(result: Dict[str, object], path: str) -> None:
+    """One row per system (and the references): name, kind, kbps, nominal kbps, then ``<column>_mean``,
+    ``<column>_ci95`` and ``<column>_n`` per metric (empty where a row has no value)."""
+    metrics: List[str] = list(result["metrics"])  # type: ignore[arg-type]
+    kinds = {str(s["name"]): s for s in result["systems"]}  # type: ignore[union-attr]
+    head = ["system", "kind", "kbps", "nominal_kbps"] + [f"{m}_{k}" for m in metrics for k in ("mean", "ci95", "n")]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(head)
+        for name, kbps, summ in _rows(result):
+            s = kinds.get(name, {"kind": "reference"})
+            row: List[object] = [name, s["kind"], "" if kbps is None else f"{kbps:.4f}", s.get("nominal_kbps", "")]
+            for m in metrics:
+                v = summ.get(m)
+                row += ["", "", ""] if v is None else [
+                    *(f"{v[k]:.6g}" if math.isfinite(v[k]) else "" for k in ("mean", "ci95")), v["n"]]
+            w.writerow(row)
 
 
 def _spectrogram_panels(systems: Sequence[Dict[str, object]]) -> List[str]:
@@ -322,7 +471,7 @@ def _spectrogram_panels(systems: Sequence[Dict[str, object]]) -> List[str]:
     return names
 
 
-def _plots(result: Dict[str, object], examples: List[Dict[str, object]], out_dir: str) -> List[str]:
+def _pyplot():
     try:
         import matplotlib
 
@@ -330,15 +479,29 @@ def _plots(result: Dict[str, object], examples: List[Dict[str, object]], out_dir
         import matplotlib.pyplot as plt
     except ImportError:
         raise CodecError("plots need matplotlib: install codec[eval] (pip install 'codec[eval]')") from None
-    import torch
+    return plt
 
-    paths: List[str] = []
+
+def _kbps_axis(ax) -> None:
+    """Log bitrate axis with plain-number ticks at 1-2-5 steps (``0.5 1 2 5 10``, not ``10^0``)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10.0, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("bitrate (kbps)")
+
+
+def _metrics_figure(result: Dict[str, object]):
+    """Metric vs kbps, one panel per column (mean ± 95 % CI per system; dashed: the references' score)."""
+    plt = _pyplot()
     metrics: List[str] = list(result["metrics"])  # type: ignore[arg-type]
-    systems = result["systems"]  # type: ignore[assignment]
     groups: Dict[str, List[dict]] = {}
-    for s in systems:  # type: ignore[union-attr]
+    for s in result["systems"]:  # type: ignore[union-attr]
         key = "ours" if s["kind"] == "model" else str(s["codec"])
         groups.setdefault(key, []).append(s)
+    ref = (result.get("reference") or {}).get("metrics", {})  # type: ignore[union-attr]
     ncol = 2 if len(metrics) > 1 else 1
     nrow = int(math.ceil(len(metrics) / ncol))
     fig, axes = plt.subplots(nrow, ncol, figsize=(6 * ncol, 4 * nrow), squeeze=False)
@@ -353,38 +516,58 @@ def _plots(result: Dict[str, object], examples: List[Dict[str, object]], out_dir
                 for s in ss:
                     ax.annotate(f"nq={s['nq']}", (s["kbps"], s["metrics"][m]["mean"]), fontsize=7,
                                 xytext=(3, 3), textcoords="offset points")
-        ax.set_xscale("log")
-        ax.set_xlabel("bitrate (kbps)")
+        if m in ref and math.isfinite(ref[m]["mean"]):
+            ax.axhline(ref[m]["mean"], color="gray", linestyle="--", linewidth=1, label="reference")
+        _kbps_axis(ax)
         title, hib, _ = METRICS[m]
-        ax.set_title(f"{title} ({'higher' if hib else 'lower'} is better)")
+        rate = int(result["metric_rates"][m])  # type: ignore[index]
+        ax.set_title(f"{title} at {rate / 1000:g} kHz ({'higher' if hib else 'lower'} is better)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(metrics):]:
         ax.axis("off")
     fig.tight_layout()
-    p = os.path.join(out_dir, "metrics_vs_kbps.png")
-    fig.savefig(p, dpi=100)
-    plt.close(fig)
-    paths.append(p)
+    return fig
 
+
+def _spectrogram_figure(example: Dict[str, object], systems: Sequence[Dict[str, object]], sr: int):
+    """Reference and decoded spectrograms of one file on one dBFS colour scale (0 dBFS = a full-scale sine),
+    each panel with its colour bar."""
+    import torch
+
+    plt = _pyplot()
+    outs: Dict[str, np.ndarray] = example["outs"]  # type: ignore[assignment]
+    rows = [("reference", example["ref"])] + [(n, outs[n]) for n in _spectrogram_panels(systems)]
+    win = torch.hann_window(512)
+    dbs = []
+    for _, sig in rows:
+        t = torch.as_tensor(np.asarray(sig, dtype=np.float32))
+        spec = torch.stft(t, n_fft=512, hop_length=128, window=win, return_complex=True).abs() / (win.sum() / 2)
+        dbs.append(20 * torch.log10(spec.clamp_min(1e-6)))
+    top = float(dbs[0].max())
+    fig, axes = plt.subplots(len(rows), 1, figsize=(8.8, 1.8 * len(rows)), squeeze=False)
+    for ax, (n, sig), db in zip(axes[:, 0], rows, dbs):
+        im = ax.imshow(db.numpy(), origin="lower", aspect="auto", cmap="magma", vmin=top - 80, vmax=top,
+                       extent=(0, len(sig) / sr, 0, sr / 2000))
+        fig.colorbar(im, ax=ax, pad=0.01, label="dBFS")
+        ax.set_ylabel("kHz")
+        ax.set_title(n, fontsize=9)
+    axes[-1, 0].set_xlabel("time (s)")
+    fig.suptitle(os.path.basename(str(example["path"])), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _plots(result: Dict[str, object], examples: List[Dict[str, object]], out_dir: str) -> List[str]:
+    plt = _pyplot()
+    systems: List[Dict[str, object]] = result["systems"]  # type: ignore[assignment]
     sr = int(result["sample_rate"])  # type: ignore[arg-type]
-    for k, ex in enumerate(examples):
-        outs: Dict[str, np.ndarray] = ex["outs"]  # type: ignore[assignment]
-        rows = [("reference", ex["ref"])] + [(n, outs[n]) for n in _spectrogram_panels(systems)]
-        fig, axes = plt.subplots(len(rows), 1, figsize=(8, 1.8 * len(rows)), squeeze=False)
-        for ax, (n, sig) in zip(axes[:, 0], rows):
-            t = torch.as_tensor(np.asarray(sig, dtype=np.float32))
-            spec = torch.stft(t, n_fft=512, hop_length=128, window=torch.hann_window(512), return_complex=True).abs()
-            db = 20 * torch.log10(spec.clamp_min(1e-5))
-            ax.imshow(db.numpy(), origin="lower", aspect="auto", cmap="magma", vmin=float(db.max()) - 80,
-                      extent=(0, len(sig) / sr, 0, sr / 2000))
-            ax.set_ylabel("kHz")
-            ax.set_title(n, fontsize=9)
-        axes[-1, 0].set_xlabel("time (s)")
-        fig.suptitle(os.path.basename(str(ex["path"])), fontsize=10)
-        fig.tight_layout()
-        p = os.path.join(out_dir, f"spectrogram_{k}.png")
-        fig.savefig(p, dpi=90)
+    figs = [("metrics_vs_kbps.png", _metrics_figure(result), 100)]
+    figs += [(f"spectrogram_{k}.png", _spectrogram_figure(ex, systems, sr), 90) for k, ex in enumerate(examples)]
+    paths: List[str] = []
+    for name, fig, dpi in figs:
+        p = os.path.join(out_dir, name)
+        fig.savefig(p, dpi=dpi)
         plt.close(fig)
         paths.append(p)
     return paths
@@ -407,10 +590,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nq", default="1,2,4,8,16,32", help="comma-separated numbers of quantizers")
     parser.add_argument("--baseline", default="", help="classical codecs: opus,amr-wb,codec2 (defaults) or e.g. "
                         "opus@6+12,amr-wb@6.6,codec2@3200+700C")
-    parser.add_argument("--out", default=None, help="directory for results.json and PNG plots")
+    parser.add_argument("--out", default=None, help="directory for results.json, results.md, results.csv and PNG plots")
     parser.add_argument("--max-files", type=int, default=None, help="evaluate only the first N files")
     parser.add_argument("--metrics", default=",".join(DEFAULT_METRICS),
-                        help=f"comma-separated subset of {','.join(METRICS)} (visqol is opt-in)")
+                        help=f"comma-separated subset of {','.join(_CHOICES)} (distillmos, spk_sim and visqol are "
+                        "opt-in; dnsmos = its SIG, BAK and OVRL)")
     parser.add_argument("--sample-rate", type=int, default=None, help="reference rate without --model (24000)")
     parser.add_argument("--spectrograms", type=int, default=3, help="spectrogram PNGs for the first N files")
     parser.add_argument("--device", default=None, help="torch device for the model (default cpu)")
@@ -424,5 +608,6 @@ def run(args: argparse.Namespace) -> int:
                    n_spectrograms=args.spectrograms)
     print(format_table(res))
     if args.out:
-        print(f"wrote {os.path.join(args.out, 'results.json')} and {len(res.get('plots', []))} PNG files")
+        print(f"wrote {os.path.join(args.out, 'results.json')}, results.md, results.csv and "
+              f"{len(res.get('plots', []))} PNG files")
     return 0

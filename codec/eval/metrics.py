@@ -1,22 +1,30 @@
-"""Objective audio quality metrics: SI-SDR, multi-scale log-mel distance, PESQ-WB, STOI, mean + 95 % CI.
+"""Objective audio quality metrics: SI-SDR, multi-scale log-mel distance, PESQ-WB, STOI, DNSMOS, DistillMOS,
+speaker similarity, mean + 95 % CI.
 
 All metric functions take mono signals as 1-D arrays ``[T]`` (numpy arrays or torch tensors; extra
 leading singleton dimensions such as ``[1, T]`` / ``[1, 1, T]`` are squeezed). The reference comes first.
 When the two signals differ in length they are cut to the shorter one.
 
-PESQ and STOI need the optional packages ``pesq`` and ``pystoi`` (``pip install 'codec[eval]'``),
-ViSQOL needs ``visqol-python[lattice]`` (not part of any extra); the other metrics only need numpy and torch. The mel filterbank is implemented here (no librosa).
+PESQ, STOI and DNSMOS need the optional packages ``pesq``, ``pystoi`` and ``speechmos`` (``pip install
+'codec[eval]'``); speaker similarity needs ``resemblyzer`` (see :data:`INSTALL`: its ``webrtcvad`` dependency has
+no wheels, so it is installed with ``--no-deps`` beside ``webrtcvad-wheels``), DistillMOS needs ``distillmos`` and
+ViSQOL ``visqol-python[lattice]`` (neither is part of any extra); the other metrics only need numpy, scipy and
+torch. :data:`METRIC_RATES` says at which rate each fixed-rate metric scores. The mel filterbank is implemented
+here (no librosa).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
+import io
 import math
 import types
 import warnings
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import scipy.stats
 import torch
 
 from codec.audio import resample
@@ -35,11 +43,15 @@ __all__ = [
     "pesq_wb",
     "stoi",
     "visqol_speech",
+    "dnsmos",
+    "distill_mos",
+    "speaker_similarity",
     "require",
     "OPTIONAL_PACKAGES",
+    "INSTALL",
+    "METRIC_RATES",
     "mean_ci",
     "summarize",
-    "t_quantile",
     "DEFAULT_MEL_WINDOWS",
     "DEFAULT_MEL_BANDS",
 ]
@@ -190,24 +202,34 @@ def multiscale_mel_distance(ref: ArrayLike, est: ArrayLike, sample_rate: int,
 # ---------------------------------------------------------------------------------------------
 
 
-#: metric -> (module to import, package to install); the optional packages behind PESQ / STOI / ViSQOL.
-OPTIONAL_PACKAGES = {"pesq": ("pesq", "pesq"), "stoi": ("pystoi", "pystoi"), "visqol": ("visqol", "visqol-python")}
-_EXTRA = {"pesq": "codec[eval]", "stoi": "codec[eval]", "visqol": "visqol-python[lattice]"}
-_TITLE = {"pesq": "PESQ", "stoi": "STOI", "visqol": "ViSQOL"}
+#: metric -> (module to import, package to install): the optional packages behind the metrics that need one.
+OPTIONAL_PACKAGES = {"pesq": ("pesq", "pesq"), "stoi": ("pystoi", "pystoi"), "visqol": ("visqol", "visqol-python"),
+                     "dnsmos": ("speechmos", "speechmos"), "distillmos": ("distillmos", "distillmos"),
+                     "spk_sim": ("resemblyzer", "resemblyzer")}
+#: metric -> the command that installs its package
+INSTALL = {"pesq": "pip install 'codec[eval]'", "stoi": "pip install 'codec[eval]'",
+           "visqol": "pip install 'visqol-python[lattice]'", "dnsmos": "pip install 'codec[eval]'",
+           "distillmos": "pip install distillmos",
+           "spk_sim": "pip install webrtcvad-wheels && pip install --no-deps resemblyzer"}
+_TITLE = {"pesq": "PESQ", "stoi": "STOI", "visqol": "ViSQOL", "dnsmos": "DNSMOS", "distillmos": "DistillMOS",
+          "spk_sim": "speaker-similarity"}
+#: metric -> the sample rate (Hz) it scores at; both signals are resampled to it (the mel distance and SI-SDR,
+#: not listed, score at the rate they are given, the model's rate in ``codec eval``)
+METRIC_RATES = {"pesq": 16000, "stoi": 10000, "visqol": 16000, "dnsmos": 16000, "distillmos": 16000,
+                "spk_sim": 16000}
 
 
 def require(metric: str) -> types.ModuleType:
-    """Import and return the optional package behind ``metric`` (``"pesq"``, ``"stoi"`` or ``"visqol"``).
+    """Import and return the optional package behind ``metric`` (a key of :data:`OPTIONAL_PACKAGES`).
 
     Raises:
-        CodecError: the package is not installed (the message says what to install).
+        CodecError: the package (or one it imports) is not installed; the message says what to install.
     """
     module, package = OPTIONAL_PACKAGES[metric]
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise CodecError(f"the {_TITLE[metric]} metric needs the '{package}' package: "
-                         f"pip install '{_EXTRA[metric]}'.") from None
+        raise CodecError(f"the {_TITLE[metric]} metric needs the '{package}' package: {INSTALL[metric]}.") from None
 
 
 def _pair_at(ref: ArrayLike, est: ArrayLike, sample_rate: int, target_rate: int,
@@ -218,17 +240,22 @@ def _pair_at(ref: ArrayLike, est: ArrayLike, sample_rate: int, target_rate: int,
         CodecError: the common length is below ``min_seconds``.
     """
     r, e = _pair(ref, est)
-    if sample_rate != target_rate:
-        r = resample(r, sample_rate, target_rate).astype(np.float64)
-        e = resample(e, sample_rate, target_rate).astype(np.float64)
+    r, e = _mono_at(r, sample_rate, target_rate), _mono_at(e, sample_rate, target_rate)
     n = min(len(r), len(e))
     if n < min_seconds * target_rate:
         raise CodecError(f"{metric} needs at least {min_seconds:g} s of audio.")
     return r[:n], e[:n]
 
 
+def _mono_at(x: ArrayLike, sample_rate: int, target_rate: int) -> np.ndarray:
+    """``x`` as float64 ``[T]`` resampled (soxr) from ``sample_rate`` to ``target_rate``."""
+    a = _as_1d(x)
+    return a if sample_rate == target_rate else resample(a, sample_rate, target_rate).astype(np.float64)
+
+
 def pesq_wb(ref: ArrayLike, est: ArrayLike, sample_rate: int) -> float:
-    """Wide-band PESQ (ITU-T P.862.2, MOS-LQO 1.04..4.64) on signals resampled to 16 kHz.
+    """Wide-band PESQ (ITU-T P.862.2, MOS-LQO 1.04..4.64) on signals resampled to 16 kHz
+    (:data:`METRIC_RATES`).
 
     Args:
         ref, est: mono signals ``[T]`` at ``sample_rate``.
@@ -238,7 +265,7 @@ def pesq_wb(ref: ArrayLike, est: ArrayLike, sample_rate: int) -> float:
         CodecError: the ``pesq`` package is missing or the signals are shorter than 0.25 s.
     """
     pesq_mod = require("pesq")
-    r, d = _pair_at(ref, est, sample_rate, 16000, 0.25, "PESQ")
+    r, d = _pair_at(ref, est, sample_rate, METRIC_RATES["pesq"], 0.25, "PESQ")
     if not np.any(r):
         return float("nan")
     try:
@@ -260,7 +287,7 @@ def stoi(ref: ArrayLike, est: ArrayLike, sample_rate: int, extended: bool = Fals
         CodecError: the ``pystoi`` package is missing or the signals are shorter than 0.25 s.
     """
     pystoi_mod = require("stoi")
-    r, d = _pair_at(ref, est, sample_rate, 10000, 0.25, "STOI")
+    r, d = _pair_at(ref, est, sample_rate, METRIC_RATES["stoi"], 0.25, "STOI")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return float(pystoi_mod.stoi(r, d, 10000, extended=extended))
@@ -282,7 +309,7 @@ def visqol_speech(ref: ArrayLike, est: ArrayLike, sample_rate: int) -> float:
     """
     global _VISQOL_API
     vq = require("visqol")
-    r, d = _pair_at(ref, est, sample_rate, 16000, 0.5, "ViSQOL")
+    r, d = _pair_at(ref, est, sample_rate, METRIC_RATES["visqol"], 0.5, "ViSQOL")
     if _VISQOL_API is None:
         api = vq.VisqolApi()
         try:
@@ -295,40 +322,86 @@ def visqol_speech(ref: ArrayLike, est: ArrayLike, sample_rate: int) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# Statistics
+# Non-intrusive MOS predictors and speaker similarity (optional packages)
 # ---------------------------------------------------------------------------------------------
 
-# two-sided 95 % Student-t quantiles t_{0.975, df} for df = 1..30
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042]
+
+def _at_16k(x: ArrayLike, sample_rate: int, metric: str) -> np.ndarray:
+    """One signal as float32 ``[T]`` at 16 kHz clipped to [-1, 1]; CodecError below 0.25 s."""
+    a = _mono_at(x, sample_rate, 16000)
+    if len(a) < 4000:
+        raise CodecError(f"{metric} needs at least 0.25 s of audio.")
+    return np.clip(a, -1.0, 1.0).astype(np.float32)
 
 
-def t_quantile(p: float, df: int) -> float:
-    """Quantile ``p`` of Student's t with ``df`` degrees of freedom (scipy when available, else a
-    table / Cornish-Fisher expansion, accurate to ~1e-3 for p in [0.9, 0.995])."""
-    try:
-        from scipy.stats import t as _t
+def dnsmos(est: ArrayLike, sample_rate: int) -> Dict[str, float]:
+    """DNSMOS P.835 (Reddy et al. 2022) of one signal, non-intrusive, via ``speechmos`` (its ONNX models).
 
-        return float(_t.ppf(p, df))
-    except ImportError:
-        pass
-    if abs(p - 0.975) < 1e-9 and 1 <= df <= 30:
-        return _T975[df - 1]
-    # normal quantile (Acklam-style rational approximation via erfinv-free bisection)
-    lo, hi = -10.0, 10.0
-    for _ in range(100):
-        mid = (lo + hi) / 2
-        if 0.5 * (1 + math.erf(mid / math.sqrt(2))) < p:
-            lo = mid
-        else:
-            hi = mid
-    z = (lo + hi) / 2
-    g1 = (z ** 3 + z) / 4
-    g2 = (5 * z ** 5 + 16 * z ** 3 + 3 * z) / 96
-    g3 = (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / 384
-    return z + g1 / df + g2 / df ** 2 + g3 / df ** 3
+    The signal is resampled to 16 kHz (the models' rate) and clipped to [-1, 1]; ``speechmos`` scores 9 s windows
+    with a 1 s hop (a shorter clip is repeated up to 9 s).
 
+    Args:
+        est: mono signal ``[T]`` at ``sample_rate``.
+    Returns:
+        ``{"sig", "bak", "ovrl", "p808"}``: speech quality, background quality, overall quality (P.835 MOS 1..5,
+        after DNSMOS's polynomial mapping) and the P.808 overall MOS.
+    Raises:
+        CodecError: ``speechmos`` (or ``onnxruntime`` / ``librosa``, which it imports) is missing, or the
+            signal is shorter than 0.25 s.
+    """
+    mod = require("dnsmos")
+    x = _at_16k(est, sample_rate, "DNSMOS")
+    r = importlib.import_module(f"{mod.__name__}.dnsmos").run(x, 16000)
+    return {"sig": float(r["sig_mos"]), "bak": float(r["bak_mos"]), "ovrl": float(r["ovrl_mos"]),
+            "p808": float(r["p808_mos"])}
+
+
+_DISTILLMOS_MODEL = None
+
+
+def distill_mos(est: ArrayLike, sample_rate: int) -> float:
+    """DistillMOS (Stahl and Gamper 2025) of one signal: non-intrusive MOS, 16 kHz, via ``distillmos``
+    (its shipped weights, CPU).
+
+    Args:
+        est: mono signal ``[T]`` at ``sample_rate``.
+    Raises:
+        CodecError: ``distillmos`` is missing or the signal is shorter than 0.25 s.
+    """
+    global _DISTILLMOS_MODEL
+    mod = require("distillmos")
+    x = _at_16k(est, sample_rate, "DistillMOS")
+    if _DISTILLMOS_MODEL is None:
+        with contextlib.redirect_stdout(io.StringIO()):  # the package prints where it loaded its weights from
+            _DISTILLMOS_MODEL = mod.ConvTransformerSQAModel().eval()
+    with torch.inference_mode():
+        return float(_DISTILLMOS_MODEL(torch.from_numpy(x)[None]).reshape(-1)[0])
+
+
+_SPEAKER_ENCODER = None
+
+
+def speaker_similarity(ref: ArrayLike, est: ArrayLike, sample_rate: int) -> float:
+    """Cosine similarity (-1..1, 1 = same voice) of Resemblyzer speaker embeddings (GE2E speaker encoder, 256-d)
+    of reference and estimate, both resampled to 16 kHz (the encoder's rate); no silence trimming.
+
+    Args:
+        ref, est: mono signals ``[T]`` at ``sample_rate``.
+    Raises:
+        CodecError: ``resemblyzer`` is missing or a signal is shorter than 0.25 s.
+    """
+    global _SPEAKER_ENCODER
+    mod = require("spk_sim")
+    r, e = _at_16k(ref, sample_rate, "speaker similarity"), _at_16k(est, sample_rate, "speaker similarity")
+    if _SPEAKER_ENCODER is None:
+        _SPEAKER_ENCODER = mod.VoiceEncoder("cpu", verbose=False)
+    a, b = (np.asarray(_SPEAKER_ENCODER.embed_utterance(s), dtype=np.float64) for s in (r, e))
+    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics
+# ---------------------------------------------------------------------------------------------
 
 def mean_ci(values: Iterable[float], confidence: float = 0.95) -> Tuple[float, float, int]:
     """Mean and half-width of the two-sided Student-t confidence interval.
@@ -345,7 +418,7 @@ def mean_ci(values: Iterable[float], confidence: float = 0.95) -> Tuple[float, f
     if n < 2:
         return m, float("nan"), n
     sd = float(v.std(ddof=1))
-    h = t_quantile(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n)
+    h = float(scipy.stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
     return m, float(h), n
 
 

@@ -2,9 +2,9 @@
 
 Examples::
 
-    codec train recipes/tiny-cpu.yaml train.steps=200 data.batch_size=4
-    codec train recipes/tiny-cpu.yaml --resume              # latest checkpoint in train.out_dir
-    torchrun --nproc_per_node 4 -m codec.train recipes/speech-24k.yaml
+    CODEC_DATA=/path/to/corpus codec train recipes/tiny-cpu.yaml train.steps=200 data.batch_size=4
+    CODEC_DATA=/path/to/corpus codec train recipes/tiny-cpu.yaml --resume   # latest checkpoint in train.out_dir
+    CODEC_DATA=/path/to/corpus torchrun --nproc_per_node 4 -m codec.train recipes/speech-24k.yaml
     codec train --export runs/tiny pretrained/my-model      # best checkpoint -> save_pretrained dir
 """
 from __future__ import annotations
@@ -17,13 +17,14 @@ from codec.errors import CodecError
 
 __all__ = ["add_arguments", "run", "main", "parse_args"]
 
-EPILOG = """examples:
-  codec train recipes/tiny-cpu.yaml                          # trains visibly in minutes on a CPU
-  codec train recipes/tiny-cpu.yaml train.steps=200 data.batch_size=4 train.out_dir=runs/t
-  codec train recipes/speech-24k.yaml --resume               # continue from the latest checkpoint
-  torchrun --nproc_per_node 4 -m codec.train recipes/speech-24k.yaml
-  codec train recipes/speech-24k.yaml model.init_from=speech-24k data.train=my.jsonl   # fine-tune
+EPILOG = """examples (the recipes read their data from ${CODEC_DATA}, the corpus folder):
+  CODEC_DATA=/path/to/corpus codec train recipes/tiny-cpu.yaml       # trains visibly in minutes on a CPU
+  CODEC_DATA=/path/to/corpus codec train recipes/tiny-cpu.yaml train.steps=200 data.batch_size=4 train.out_dir=runs/t
+  CODEC_DATA=/path/to/corpus codec train recipes/speech-24k.yaml --resume   # continue from the latest checkpoint
+  CODEC_DATA=/path/to/corpus torchrun --nproc_per_node 4 -m codec.train recipes/speech-24k.yaml
+  codec train recipes/speech-24k-finetune.yaml data.train=my.jsonl data.valid=my_valid.jsonl   # fine-tune
   codec train --export runs/speech-24k pretrained/my-model  # best checkpoint -> model dir + README.md
+  codec train --export runs/speech-24k-disc-warmup pretrained/speech-24k --discriminators-only
 
 Overrides are dotted section.key=value pairs (values parsed as YAML); CodecConfig fields go to
 model.overrides.<field>=value.  SIGINT/SIGTERM save a checkpoint and stop cleanly."""
@@ -43,15 +44,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--export", nargs=2, metavar=("RUN_DIR", "OUT_DIR"), default=None,
                         help="export the best checkpoint of RUN_DIR as a save_pretrained directory and exit")
     parser.add_argument("--checkpoint", default="best", help="with --export: 'best', 'latest' or a file")
+    parser.add_argument("--discriminators-only", action="store_true",
+                        help="with --export: add the run's discriminator.safetensors to the model already in "
+                        "OUT_DIR (its weights must be the run's generator, as after train.freeze_generator)")
     parser.add_argument("--print-config", action="store_true", help="print the merged config and exit")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``codec train`` with parsed ``args``; returns the exit status."""
     if args.export:
-        from .export import export_run
+        from .export import export_discriminators, export_run
 
-        out = export_run(args.export[0], args.export[1], checkpoint=args.checkpoint)
+        if args.discriminators_only:
+            out = export_discriminators(args.export[0], args.export[1], checkpoint=args.checkpoint)
+        else:
+            out = export_run(args.export[0], args.export[1], checkpoint=args.checkpoint)
         print(f"exported {out}")
         return 0
     if not args.config:

@@ -40,7 +40,7 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "batch_size": 8,             # per process
         "num_workers": 2,
         "prefetch_factor": 4,
-        "loudness_db": -20.0,        # RMS loudness target in dBFS (null = no normalisation)
+        "rms_db": -20.0,             # RMS level target of each crop in dBFS (null = no normalisation)
         "max_gain_db": 20.0,         # never amplify a crop by more than this (silence stays silence)
         "valid_items": 16,           # number of validation utterances used
         "valid_max_seconds": 10.0,   # validation utterances are cut to this length
@@ -103,6 +103,7 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "progress": True,            # tqdm progress bar
         "tensorboard": True,
         "max_hours": 0.0,            # stop (with a checkpoint) after this much wall time (0 = no limit)
+        "freeze_generator": False,   # train only the discriminators against the frozen generator (warm-up)
     },
 }
 
@@ -112,8 +113,13 @@ def default_config() -> Dict[str, Dict[str, Any]]:
     return copy.deepcopy(DEFAULTS)
 
 
+#: keys renamed since older configs (checkpoints and training.json files keep the old name): old -> new
+RENAMED = {("data", "loudness_db"): "rms_db"}
+
+
 def merge_config(user: Dict[str, Any], base: Optional[Dict[str, Any]] = None) -> Dict[str, Dict[str, Any]]:
-    """Merge a user mapping (e.g. parsed YAML) into ``base`` (defaults), refusing unknown sections/keys."""
+    """Merge a user mapping (e.g. parsed YAML) into ``base`` (defaults), refusing unknown sections/keys
+    (keys in :data:`RENAMED` are read under their new name)."""
     cfg = default_config() if base is None else copy.deepcopy(base)
     if user is None:
         return cfg
@@ -127,6 +133,7 @@ def merge_config(user: Dict[str, Any], base: Optional[Dict[str, Any]] = None) ->
         if not isinstance(values, dict):
             raise CodecError(f"config section '{section}' must be a mapping.")
         for key, value in values.items():
+            key = RENAMED.get((section, key), key)
             if key not in cfg[section]:
                 raise CodecError(f"unknown config key '{section}.{key}'.")
             if key == "overrides" and section == "model":
@@ -175,6 +182,7 @@ def apply_overrides(cfg: Dict[str, Dict[str, Any]], overrides: Iterable[str]) ->
         if len(parts) != 2:
             raise CodecError(f"override key '{key}' must be section.key (e.g. train.steps=200).")
         section, name = parts
+        name = RENAMED.get((section, name), name)
         if section not in cfg:
             raise CodecError(f"unknown config section '{section}' in override '{item}'.")
         if name not in cfg[section]:
@@ -186,14 +194,24 @@ def apply_overrides(cfg: Dict[str, Dict[str, Any]], overrides: Iterable[str]) ->
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def expand_path(value: Any) -> Any:
-    """Expand ``${VAR}`` / ``${VAR:-default}`` and ``~`` in a path (or in each path of a list)."""
+def expand_path(value: Any, key: str = "path") -> Any:
+    """Expand ``${VAR}`` / ``${VAR:-default}`` and ``~`` in a path (or in each path of a list).
+
+    Raises:
+        CodecError: ``${VAR}`` without a default and ``VAR`` unset or empty (``key`` names the setting).
+    """
     if isinstance(value, (list, tuple)):
-        return [expand_path(v) for v in value]
+        return [expand_path(v, key) for v in value]
     if not isinstance(value, str):
         return value
-    out = _ENV.sub(lambda m: os.environ.get(m.group(1)) or (m.group(2) or ""), value)
-    return os.path.expanduser(out)
+
+    def sub(m: "re.Match[str]") -> str:
+        got = os.environ.get(m.group(1)) or m.group(2)
+        if got is None:
+            raise CodecError(f"{key} is '{value}' but {m.group(1)} is not set: run e.g. "
+                             f"'{m.group(1)}=/path/to/corpus codec train ...' or give {key}=PATH.")
+        return got
+    return os.path.expanduser(_ENV.sub(sub, value))
 
 
 def load_config(path: Optional[Union[str, Path]], overrides: Iterable[str] = ()) -> Dict[str, Dict[str, Any]]:
@@ -210,8 +228,8 @@ def load_config(path: Optional[Union[str, Path]], overrides: Iterable[str] = ())
     cfg = merge_config(user)
     cfg = apply_overrides(cfg, list(overrides))
     for key in ("train", "valid"):
-        cfg["data"][key] = expand_path(cfg["data"][key])
-    cfg["train"]["out_dir"] = expand_path(cfg["train"]["out_dir"])
+        cfg["data"][key] = expand_path(cfg["data"][key], f"data.{key}")
+    cfg["train"]["out_dir"] = expand_path(cfg["train"]["out_dir"], "train.out_dir")
     _validate(cfg)
     return cfg
 

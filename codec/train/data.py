@@ -4,7 +4,7 @@
   ``speaker``, ``sample_rate``... optional; relative paths are relative to the manifest) or scans a folder
   of audio files.  Several sources may be given as a list.
 * :class:`CropDataset` returns fixed-length random crops ``[1, crop]`` at the model rate (resampled when the
-  file rate differs, loudness-normalised, mono), zero-padded with ``length < crop`` when the item is
+  file rate differs, RMS-normalised, mono), zero-padded with ``length < crop`` when the item is
   shorter.  The crop for global sample index ``k`` depends only on ``(seed, k)``: the sampler position is
   the whole data state, which makes resume exact and workers deterministic.
 * :class:`StepBatchSampler` yields, for step ``s``, the indices ``(s * world + rank) * B + j``: each DDP
@@ -28,7 +28,7 @@ from torch.utils.data import Dataset, Sampler
 from codec.errors import CodecError
 
 __all__ = ["read_items", "CropDataset", "ValidDataset", "StepBatchSampler", "collate", "worker_init_fn",
-           "loudness_normalize", "load_segment"]
+           "rms_normalize", "load_segment"]
 
 _AUDIO_EXT = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au", ".opus"}
 
@@ -79,7 +79,7 @@ def read_items(source: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]
     return items
 
 
-def loudness_normalize(x: np.ndarray, target_db: Optional[float], max_gain_db: float = 20.0) -> np.ndarray:
+def rms_normalize(x: np.ndarray, target_db: Optional[float], max_gain_db: float = 20.0) -> np.ndarray:
     """Scale ``x [..., T]`` to RMS ``target_db`` dBFS, gain limited to ``max_gain_db`` and peak to 0.99."""
     if target_db is None or x.size == 0:
         return x
@@ -144,12 +144,12 @@ class CropDataset(Dataset):
     """
 
     def __init__(self, items: List[Dict], sample_rate: int, crop_seconds: float, seed: int = 0,
-                 loudness_db: Optional[float] = -20.0, max_gain_db: float = 20.0):
+                 rms_db: Optional[float] = -20.0, max_gain_db: float = 20.0):
         self.items = items
         self.sample_rate = int(sample_rate)
         self.crop = int(round(crop_seconds * sample_rate))
         self.seed = int(seed)
-        self.loudness_db, self.max_gain_db = loudness_db, float(max_gain_db)
+        self.rms_db, self.max_gain_db = rms_db, float(max_gain_db)
         self._perm_cache: Dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -182,7 +182,7 @@ class CropDataset(Dataset):
                 break
         else:
             raise CodecError(f"could not read any audio around training item {item['path']}.")
-        x = loudness_normalize(x, self.loudness_db, self.max_gain_db)
+        x = rms_normalize(x, self.rms_db, self.max_gain_db)
         n = min(len(x), self.crop)
         out = np.zeros((1, self.crop), dtype=np.float32)
         out[0, :n] = x[:n]
@@ -193,7 +193,7 @@ class ValidDataset(Dataset):
     """Whole utterances (first ``max_items`` items, each cut to ``max_seconds``). ``ds[i] -> ([1, T], T)``."""
 
     def __init__(self, items: List[Dict], sample_rate: int, max_items: int = 16, max_seconds: float = 10.0,
-                 loudness_db: Optional[float] = -20.0, max_gain_db: float = 20.0):
+                 rms_db: Optional[float] = -20.0, max_gain_db: float = 20.0):
         if max_items and len(items) > max_items:
             # spread the selection over the manifest (sources are usually grouped)
             idx = np.linspace(0, len(items) - 1, int(max_items)).round().astype(int)
@@ -201,14 +201,14 @@ class ValidDataset(Dataset):
         self.items = items
         self.sample_rate = int(sample_rate)
         self.max_seconds = float(max_seconds)
-        self.loudness_db, self.max_gain_db = loudness_db, float(max_gain_db)
+        self.rms_db, self.max_gain_db = rms_db, float(max_gain_db)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> Tuple[np.ndarray, int]:
         x = load_segment(self.items[i]["path"], self.sample_rate, 0.0, self.max_seconds or None)
-        x = loudness_normalize(x, self.loudness_db, self.max_gain_db)
+        x = rms_normalize(x, self.rms_db, self.max_gain_db)
         return x[None, :], len(x)
 
 

@@ -6,6 +6,9 @@ when no validation ran), takes the EMA weights when the run used EMA, writes the
 ``save_pretrained(model, OUT_DIR)`` (safetensors + config.json), the discriminators as
 ``discriminator.safetensors`` (for fine-tuning with ``model.init_from``) and a ``README.md`` model card
 (data, steps, hours, metrics).
+
+``--discriminators-only`` (:func:`export_discriminators`) adds a run's discriminators to an existing model directory
+whose weights are the run's generator, e.g. after a ``train.freeze_generator`` warm-up of a shipped model.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 from codec.errors import CodecError
 from codec.pretrained import save_pretrained
 
-__all__ = ["export_run", "model_card", "main"]
+__all__ = ["export_run", "export_discriminators", "model_card", "main"]
 
 
 def _pick_checkpoint(run_dir: Path, checkpoint: str) -> Path:
@@ -38,13 +41,27 @@ def _pick_checkpoint(run_dir: Path, checkpoint: str) -> Path:
 def _portable(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """The training config without this machine's paths: data manifests and out_dir by file name only."""
     out = json.loads(json.dumps(cfg, default=str))
-    for section, key in (("data", "train"), ("data", "valid"), ("train", "out_dir"), ("model", "init_from")):
+    for section, key in (("data", "train"), ("data", "valid"), ("train", "out_dir"), ("train", "resume"),
+                         ("model", "init_from")):
         v = out.get(section, {}).get(key)
         if isinstance(v, str) and ("/" in v or "\\" in v):
             out[section][key] = Path(v).name
         elif isinstance(v, list):
             out[section][key] = [Path(str(x)).name for x in v]
     return out
+
+
+def _disc_note(cfg: Dict[str, Any], state: Dict[str, Any]) -> str:
+    """One line on the discriminators the export ships (or why none)."""
+    if state.get("disc") is None:
+        return "none (trained without them)"
+    d = cfg.get("discriminator", {})
+    note = (f"`discriminator.safetensors` (MPD periods {d.get('periods')} x {d.get('mpd_channels')} ch, MS-STFT "
+            f"windows {d.get('stft_windows')} x {d.get('stft_channels')} ch; fine-tune with the same "
+            f"`discriminator` settings)")
+    if cfg.get("train", {}).get("freeze_generator"):
+        note += "; only they were trained here, against the frozen generator of init_from"
+    return note
 
 
 def model_card(state: Dict[str, Any], name: str) -> str:
@@ -75,6 +92,7 @@ def model_card(state: Dict[str, Any], name: str) -> str:
               f"- training time (wall clock of the training steps, validation excluded): "
               f"{float(state.get('elapsed', 0.0)) / 3600:.2f} h",
               f"- audio seen: {float(state.get('audio_seconds', 0.0)) / 3600:.2f} h",
+              f"- initialised from: {cfg.get('model', {}).get('init_from') or 'random weights'}",
               f"- training data: {data.get('train')} ({float(state.get('train_hours', 0.0)):.2f} h in the manifest)",
               f"- validation data: {data.get('valid')}",
               f"- crop: {data.get('crop_seconds')} s, batch size {data.get('batch_size')}",
@@ -82,6 +100,7 @@ def model_card(state: Dict[str, Any], name: str) -> str:
               f"lr {cfg.get('optim', {}).get('lr')}, adversarial from step {cfg.get('adversarial', {}).get('start_step')}"
               f" ({'on' if cfg.get('adversarial', {}).get('enabled') else 'off'})",
               f"- weights: {'EMA' if state.get('ema') is not None else 'raw'}",
+              f"- discriminators: {_disc_note(cfg, state)}",
               "", "## Validation metrics (best checkpoint)", ""]
     shown = {k: v for k, v in metrics.items() if not k.startswith(("codebook_usage/level", "codebook_perplexity/level"))}
     if shown:
@@ -120,8 +139,59 @@ def export_run(run_dir: Union[str, Path], out_dir: Union[str, Path], checkpoint:
     (out_dir / "README.md").write_text(model_card(state, name or out_dir.name))
     (out_dir / "training.json").write_text(json.dumps({
         "checkpoint": ck.name, "step": state.get("step"), "best_metrics": state.get("best_metrics"),
-        "elapsed_hours": float(state.get("elapsed", 0.0)) / 3600, "config": _portable(cfg)}, indent=2))
+        "elapsed_hours": float(state.get("elapsed", 0.0)) / 3600,
+        "init_from": _portable(cfg)["model"].get("init_from"), "train_hours": float(state.get("train_hours", 0.0)),
+        "audio_hours_seen": float(state.get("audio_seconds", 0.0)) / 3600,
+        "discriminators": "discriminator.safetensors" if state.get("disc") is not None else None,
+        "config": _portable(cfg)}, indent=2))
     return out_dir
+
+
+def export_discriminators(run_dir: Union[str, Path], out_dir: Union[str, Path], checkpoint: str = "best") -> Path:
+    """Write ``run_dir``'s discriminators as ``out_dir/discriminator.safetensors`` beside the model already there,
+    and note them in its ``README.md`` and ``training.json``; returns the file.
+
+    Raises:
+        CodecError: the run has no discriminators, ``out_dir`` holds no model, or that model's weights are not
+            the run's generator (the discriminators only fit the generator they were trained against).
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    import codec
+
+    from .trainer import load_checkpoint
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    ck = _pick_checkpoint(run_dir, checkpoint)
+    state = load_checkpoint(ck)
+    if state.get("disc") is None:
+        raise CodecError(f"run '{run_dir}' trained no discriminators.")
+    if not (out_dir / "config.json").is_file():
+        raise CodecError(f"'{out_dir}' holds no model (config.json): export the whole run instead.")
+    shipped = codec.load(str(out_dir)).state_dict()
+    weights = state["ema"] if state.get("ema") is not None else state["model"]
+    if set(shipped) != set(weights) or any(not torch.equal(shipped[k].cpu(), weights[k].cpu()) for k in shipped):
+        raise CodecError(f"the generator of run '{run_dir}' is not the model in '{out_dir}': "
+                         "discriminators only fit the generator they were trained against.")
+    cfg = _portable(state.get("config") or {})
+    meta = {"discriminator": json.dumps(cfg.get("discriminator", {})), "steps": str(state.get("step")),
+            "adversarial_loss": str(cfg.get("adversarial", {}).get("loss"))}
+    f = out_dir / "discriminator.safetensors"
+    save_file({k: v.contiguous() for k, v in state["disc"].items()}, str(f), metadata=meta)
+    note = {"steps": state.get("step"), "run_config": cfg, "frozen_generator": bool(cfg.get("train", {}).get(
+        "freeze_generator")), "hours": float(state.get("elapsed", 0.0)) / 3600}
+    tj = out_dir / "training.json"
+    info = json.loads(tj.read_text()) if tj.is_file() else {}
+    info["discriminators"] = note
+    tj.write_text(json.dumps(info, indent=2))
+    card = out_dir / "README.md"
+    text = card.read_text().split("\n## Discriminators\n")[0].rstrip("\n") if card.is_file() else f"# {out_dir.name}"
+    card.write_text(text + "\n\n## Discriminators\n\n"
+                    f"- {_disc_note(cfg, state)}\n"
+                    f"- steps: {state.get('step')} ({note['hours']:.2f} h), data: {cfg.get('data', {}).get('train')}\n"
+                    "- fine-tuning with `model.init_from` loads them (`model.init_discriminators`, default true)\n")
+    return f
 
 
 def _model_from_state(state: Dict[str, Any], model_cfg: Dict[str, Any]):

@@ -116,6 +116,9 @@ class Trainer:
         self._build_losses()
         self.opt_g, self.opt_d, self.sched, self.dsched, self.ema = build_optimizers(
             cfg["optim"], int(tc["steps"]), self.model, self.disc)
+        self.freeze_generator = bool(tc["freeze_generator"])
+        if self.freeze_generator:
+            self._freeze_generator()
         amp = str(tc["amp"]).lower()
         self.amp_dtype = torch.bfloat16 if (self.device.type == "cuda" and amp in ("auto", "bf16")) else None
         self._reset_counters()
@@ -189,7 +192,12 @@ class Trainer:
         if f.is_file():
             from safetensors.torch import load_file
 
-            res = self.disc.load_state_dict(load_file(str(f)), strict=False)
+            try:
+                res = self.disc.load_state_dict(load_file(str(f)), strict=False)
+            except RuntimeError:  # same names, other sizes
+                raise CodecError(f"the discriminators in '{f}' have other sizes than this recipe's discriminator "
+                                 "settings: use the settings they were trained with (their training.json) or "
+                                 "model.init_discriminators=false.") from None
             if self.is_main:
                 print(f"codec.train: discriminators initialised from {f} "
                       f"({len(res.missing_keys)} missing keys)", file=sys.stderr)
@@ -269,7 +277,7 @@ class Trainer:
     def _train_loader(self) -> DataLoader:
         dc = self.cfg["data"]
         ds = CropDataset(self.train_items, self.sample_rate, float(dc["crop_seconds"]), self.seed,
-                         dc["loudness_db"], float(dc["max_gain_db"]))
+                         dc["rms_db"], float(dc["max_gain_db"]))
         sampler = StepBatchSampler(int(dc["batch_size"]), self.step, self.rank, self.world)
         nw = int(dc["num_workers"])
         kw: Dict[str, Any] = {}
@@ -296,6 +304,8 @@ class Trainer:
 
     def train_step(self, wav: Tensor, lengths: Tensor) -> Optional[Dict[str, float]]:
         """One optimisation step on ``wav [B, 1, T]`` with ``lengths [B]``; None when skipped (non-finite)."""
+        if self.freeze_generator:
+            return self._disc_step(wav, lengths)
         wav, lengths = wav.to(self.device, non_blocking=True), lengths.to(self.device)
         self.sched.apply(self.opt_g, self.step)
         use_adv = self._adversarial_active()
@@ -314,6 +324,52 @@ class Trainer:
             return None
         logs["lr"] = self.opt_g.param_groups[0]["lr"]
         logs.update(self._codebook_logs(out.rvq))
+        return logs
+
+    # -------------------------------------------------------------------------------- frozen generator
+    def _freeze_generator(self) -> None:
+        """``train.freeze_generator``: the generator stays in eval mode (no quantizer dropout or codebook
+        updates) without gradients; only the discriminators train (from step 0, whatever adversarial.start_step)."""
+        if self.disc is None:
+            raise CodecError("train.freeze_generator trains only the discriminators: set adversarial.enabled=true "
+                             "and give discriminator.periods or discriminator.stft_windows.")
+        self.model.eval()
+        self.model.requires_grad_(False)
+
+    def _disc_step(self, wav: Tensor, lengths: Tensor) -> Optional[Dict[str, float]]:
+        """One discriminator update against the frozen generator's output of ``wav [B, 1, T]`` (the usual
+        discriminator loss; the generator's mel loss is logged, not used).  A batch decodes with a random number
+        of levels with the model's ``quantizer_dropout`` probability, as the quantizer does per item in training;
+        None when the loss or gradient is not finite."""
+        wav, lengths = wav.to(self.device, non_blocking=True), lengths.to(self.device)
+        nq_max = int(self.model.num_quantizers)
+        drop = float(self.model.config.quantizer_dropout or 0.0)
+        n_q = int(torch.randint(1, nq_max + 1, ())) if drop > 0 and float(torch.rand(())) < drop else None
+        T = wav.shape[-1]
+        smask = sample_mask(lengths, wav.shape[0], T, self.device).unsqueeze(1).to(wav.dtype)
+        with torch.no_grad(), self._autocast():
+            y = self.model(wav, lengths=lengths, n_q=n_q).audio[..., :T].float()
+        y = torch.nn.functional.pad(y, (0, T - y.shape[-1])) * smask
+        logs: Dict[str, float] = {"nq": float(n_q or nq_max)}
+        d_loss, _ = self._discriminator_loss(wav * smask, y, logs)
+        with torch.no_grad():
+            logs["mel"] = float(self.mel_loss(wav, y, (lengths - self.model.decoder_delay).clamp_min(0)))
+        logs["loss"] = logs["d_loss"]
+        if not ddp.all_true(bool(torch.isfinite(d_loss)), self.device):
+            self._zero_grads()
+            return None
+        self.opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        dparams = [p for p in self.disc.parameters() if p.requires_grad]
+        ddp.allreduce_grads(dparams)
+        clip = float(self.cfg["optim"]["grad_clip"] or 0.0)
+        gn = torch.nn.utils.clip_grad_norm_(dparams, clip if clip > 0 else float("inf"))
+        logs["d_grad_norm"] = float(gn)
+        if not ddp.all_true(bool(torch.isfinite(gn)), self.device):
+            self._zero_grads()
+            return None
+        self.opt_d.step()
+        logs["lr"] = self.opt_d.param_groups[0]["lr"]
         return logs
 
     def _generate(self, wav: Tensor, lengths: Tensor):
@@ -424,7 +480,7 @@ class Trainer:
             return {}
         dc = self.cfg["data"]
         ds = ValidDataset(self.valid_items, self.sample_rate, int(dc["valid_items"]),
-                          float(dc["valid_max_seconds"]), dc["loudness_db"], float(dc["max_gain_db"]))
+                          float(dc["valid_max_seconds"]), dc["rms_db"], float(dc["max_gain_db"]))
         model = self.model
         backup = None
         if self.ema is not None:
@@ -548,7 +604,8 @@ class Trainer:
         m = self.validate()
         if not (self.is_main and m):
             return False
-        is_best = self.best_valid is None or m["valid_loss"] < self.best_valid
+        is_best = not self.freeze_generator and (  # a frozen generator has no best checkpoint
+            self.best_valid is None or m["valid_loss"] < self.best_valid)
         if is_best:
             self.best_valid = m["valid_loss"]
             self.best_metrics = dict(m)
@@ -559,6 +616,18 @@ class Trainer:
             run.pbar.write(f"step {self.step}: valid mel {m['valid_loss']:.3f} "
                            f"si-sdr {m.get(f'si_sdr/nq{self._valid_nq()[-1]}', float('nan')):.2f} dB")
         return is_best
+
+    def _validate_at_start(self) -> Dict[str, float]:
+        """Validation before the first step (logged as step 0): the starting point, e.g. the init_from model.
+        Not a best checkpoint candidate: ``best.pt`` only ever holds trained weights."""
+        m = self.validate()
+        if self.is_main and m:
+            if self.freeze_generator:  # the generator's metrics stay these: the card reports them
+                self.best_metrics = dict(m)
+            self._log_jsonl({"step": 0, "kind": "valid", "train_seconds": 0.0, "cpu_hours": 0.0,
+                             "audio_hours_seen": 0.0, **m})
+            print(f"codec.train: step 0: valid mel {m['valid_loss']:.3f}", file=sys.stderr)
+        return m
 
     def _should_stop(self, run: _Run) -> bool:
         max_s = float(self.cfg["train"]["max_hours"] or 0.0) * 3600.0
@@ -593,6 +662,8 @@ class Trainer:
         with ExitStack() as stack:
             stack.callback(self._close_writer)
             run = self._start_run(stack)
+            if self.step == 0 and self.valid_items:
+                self._validate_at_start()
             try:
                 while self.step < total_steps:
                     logs = self._one_step(run)

@@ -8,7 +8,7 @@ Runs unattended on a fresh Debian/Ubuntu machine with only the package registrie
 3. find the audio files of each source (path rules below), drop identical files (sha1 of the bytes);
 4. decode: soundfile for Ogg Vorbis / Opus / WAV, an ``ffmpeg`` subprocess for raw G.722 (asterisk);
 5. mix to mono, measure the bandwidth (99 % energy roll-off at the original rate), trim silences
-   longer than ``--max-silence`` (0.5 s) at the ends and inside (energy based), check loudness
+   longer than ``--max-silence`` (0.5 s) at the ends and inside (energy based), check the RMS level
    (drop near-silent / too-short clips, scale down clips whose decoded peak exceeds full scale);
 6. drop duplicates of the decoded PCM (sha1 of the 16 kHz int16 samples);
 7. resample with soxr to 16 kHz and 24 kHz, write 16-bit mono wav files and jsonl manifests.

@@ -426,6 +426,33 @@ def build_parser(lazy: Optional[str] = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
+    _add_codes_commands(sub, fmt)
+    _add_model_commands(sub, fmt)
+
+    p = sub.add_parser("bench", help="speed, streaming cost, quantizer throughput, memory", formatter_class=fmt,
+                       epilog=_EPILOGS["bench"], add_help=lazy == "bench",
+                       description="Benchmark the codec on this machine.")
+    if lazy == "bench":
+        from .bench import cli as _bench
+
+        _bench.add_arguments(p)
+        _threads_arg(p)
+        p.set_defaults(func=_bench.run)
+
+    for name, (module, help_text) in _LAZY.items():
+        p = sub.add_parser(name, help=help_text, formatter_class=fmt, add_help=lazy == name,
+                           description=help_text)
+        if lazy == name:
+            mod = _import_delegate(name, module)
+            mod.add_arguments(p)
+            if name == "eval":
+                _threads_arg(p)
+            p.set_defaults(func=mod.run)
+    return parser
+
+
+def _add_codes_commands(sub: argparse._SubParsersAction, fmt: type) -> None:
+    """The subcommands that read or write .codes files: encode, decode, info, trim."""
     p = sub.add_parser("encode", help="audio file(s) -> .codes", formatter_class=fmt, epilog=_EPILOGS["encode"],
                        description="Encode audio to .codes files (streamed: memory stays flat for long files).")
     p.add_argument("inputs", nargs="+", metavar="IN", help="input audio file(s) or directories")
@@ -464,6 +491,9 @@ def build_parser(lazy: Optional[str] = None) -> argparse.ArgumentParser:
     _common(p, device=False)
     p.set_defaults(func=_cmd_trim)
 
+
+def _add_model_commands(sub: argparse._SubParsersAction, fmt: type) -> None:
+    """The subcommands that run or export a whole model: demo, export."""
     p = sub.add_parser("demo", help="encode + decode the shipped sample at several bitrates", formatter_class=fmt,
                        epilog=_EPILOGS["demo"],
                        description="Encode and decode pretrained/samples/*.wav with the shipped model at several "
@@ -485,27 +515,6 @@ def build_parser(lazy: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--opset", type=_int, default=18, help="ONNX opset (default 18)")
     _common(p, device=False)
     p.set_defaults(func=_cmd_export)
-
-    p = sub.add_parser("bench", help="speed, streaming cost, quantizer throughput, memory", formatter_class=fmt,
-                       epilog=_EPILOGS["bench"], add_help=lazy == "bench",
-                       description="Benchmark the codec on this machine.")
-    if lazy == "bench":
-        from .bench import cli as _bench
-
-        _bench.add_arguments(p)
-        _threads_arg(p)
-        p.set_defaults(func=_bench.run)
-
-    for name, (module, help_text) in _LAZY.items():
-        p = sub.add_parser(name, help=help_text, formatter_class=fmt, add_help=lazy == name,
-                           description=help_text)
-        if lazy == name:
-            mod = _import_delegate(name, module)
-            mod.add_arguments(p)
-            if name == "eval":
-                _threads_arg(p)
-            p.set_defaults(func=mod.run)
-    return parser
 
 
 def _import_delegate(name: str, module: str):

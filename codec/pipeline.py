@@ -621,6 +621,89 @@ class _DecState:
         self.sf.close()
 
 
+def _plan_decode_job(job: DecodeJob, nq: Optional[int], sample_rate: Optional[int], model, model_spec: Optional[str],
+                     get_model: Callable) -> Tuple[str, int, CodesFile]:
+    """Check one decode job (paths, output format, levels, model match) and return its group key (model key,
+    levels) and its opened ``.codes`` file; a CodecError says what is wrong with it."""
+    check_not_same_file(job.src, job.dst)
+    if Path(job.dst).suffix.lower() not in _SF_FORMATS:
+        raise CodecError(
+            f"cannot write '{job.dst}': unsupported output extension '{Path(job.dst).suffix}' (use .wav, .flac or .ogg)."
+        )
+    _check_output_dir(Path(job.dst))
+    cf = read_codes(job.src)
+    h = cf.header
+    check_output_format(job.dst, sample_rate or h.orig_sample_rate, h.channels, str(job.src))
+    use_nq = h.num_levels if nq is None else nq
+    if not 1 <= use_nq <= h.num_levels:
+        raise CodecError(f"--nq {nq} is out of range: '{job.src}' stores levels 1 to {h.num_levels}.")
+    if model is not None or model_spec is not None:
+        key = model_spec or ""
+        m, label = get_model(model_spec)
+    else:
+        key = h.model_name
+        if not key:
+            raise CodecError(f"'{job.src}' does not record which model made it; pass --model DIR.")
+        m, label = get_model(h.model_name)
+        if isinstance(m, CodecError):
+            raise CodecError(
+                f"'{job.src}' was made with model '{h.model_name}', which is not available here; pass --model DIR."
+            )
+    if isinstance(m, CodecError):
+        raise m
+    check_codes_match_model(h, m, str(job.src), label)
+    return key, use_nq, cf
+
+
+def _stream_decode_batch(m, batch: List[Tuple[int, DecodeJob, CodesFile]], use_nq: int, sample_rate: Optional[int],
+                         chunk_seconds: float, progress: Progress) -> List[Tuple[int, "_DecState"]]:
+    """Decode one batch of ``.codes`` files together with ``m``'s stream decoder (one stream slot per channel;
+    shorter items are fed ``-1`` frames past their end) and write each to its destination; returns the states."""
+    import torch
+
+    dev = _model_device(m)
+    sr, hop, _, _ = _model_facts(m)
+    fchunk = max(1, int(round(chunk_seconds * sr / hop)))
+    states: List[Tuple[int, _DecState]] = []
+    with ExitStack() as stack:
+        slot = 0
+        for i, job, cf in batch:
+            out_sr = sample_rate or cf.header.orig_sample_rate
+            st = _DecState(job, cf, use_nq, out_sr, stack)
+            st.slot = slot
+            slot += st.streams
+            states.append((i, st))
+        streams = slot
+        max_frames = max(st.frames for _, st in states)
+        emitted = 0  # output samples so far (the same for every slot)
+
+        def emit(audio: np.ndarray) -> None:
+            for _, st in states:
+                valid = min(audio.shape[-1], st.frames * hop - emitted)
+                if valid > 0:
+                    st.write(audio[st.slot: st.slot + st.streams, 0, :valid])
+                    if progress is not None:
+                        progress(valid / sr)
+
+        with torch.inference_mode():
+            dec = m.stream_decoder(streams)
+            for pos in range(0, max_frames, fchunk):
+                f = min(fchunk, max_frames - pos)
+                codes = np.full((streams, use_nq, f), -1, np.int64)  # -1: past a shorter item's end
+                for _, st in states:
+                    seg = st.cf.codes[:, :use_nq, pos: pos + f]
+                    codes[st.slot: st.slot + st.streams, :, : seg.shape[-1]] = seg
+                audio = dec.feed(torch.from_numpy(codes).to(dev)).detach().to("cpu").float().numpy()
+                if (pos // fchunk) % 16 == 15:
+                    _release_memory()
+                emit(audio)
+                emitted += audio.shape[-1]
+            emit(dec.flush().detach().to("cpu").float().numpy())
+        for _, st in states:
+            st.finish()
+    return states
+
+
 def decode_files(
     jobs: Sequence[DecodeJob],
     model_spec: Optional[str] = None,
@@ -640,8 +723,6 @@ def decode_files(
     original rate; the original length is restored, scaled if the rate changes).  Output files are written
     through a temporary file and renamed on success.
     """
-    import torch
-
     _release_memory()  # pins the mmap threshold before the first chunk
     results: Dict[int, JobResult] = {}
     models: Dict[str, Tuple[object, str]] = {}
@@ -670,42 +751,13 @@ def decode_files(
     groups: Dict[Tuple[str, int], List[Tuple[int, DecodeJob, CodesFile]]] = {}
     for i, job in enumerate(jobs):
         try:
-            check_not_same_file(job.src, job.dst)
-            if Path(job.dst).suffix.lower() not in _SF_FORMATS:
-                raise CodecError(
-                    f"cannot write '{job.dst}': unsupported output extension '{Path(job.dst).suffix}' (use .wav, .flac or .ogg)."
-                )
-            _check_output_dir(Path(job.dst))
-            cf = read_codes(job.src)
-            h = cf.header
-            check_output_format(job.dst, sample_rate or h.orig_sample_rate, h.channels, str(job.src))
-            use_nq = h.num_levels if nq is None else nq
-            if not 1 <= use_nq <= h.num_levels:
-                raise CodecError(f"--nq {nq} is out of range: '{job.src}' stores levels 1 to {h.num_levels}.")
-            if model is not None or model_spec is not None:
-                key = model_spec or ""
-                m, label = get_model(model_spec)
-            else:
-                key = h.model_name
-                if not key:
-                    raise CodecError(f"'{job.src}' does not record which model made it; pass --model DIR.")
-                m, label = get_model(h.model_name)
-                if isinstance(m, CodecError):
-                    raise CodecError(
-                        f"'{job.src}' was made with model '{h.model_name}', which is not available here; pass --model DIR."
-                    )
-            if isinstance(m, CodecError):
-                raise m
-            check_codes_match_model(h, m, str(job.src), label)
+            key, use_nq, cf = _plan_decode_job(job, nq, sample_rate, model, model_spec, get_model)
             groups.setdefault((key, use_nq), []).append((i, job, cf))
         except CodecError as exc:
             finish(i, JobResult(job.src, job.dst, error=str(exc)))
 
     for (key, use_nq), items in groups.items():
         m = models[key][0]
-        dev = _model_device(m)
-        sr, hop, _, _ = _model_facts(m)
-        fchunk = max(1, int(round(chunk_seconds * sr / hop)))
         pos_items = list(items)
         while pos_items:
             batch: List[Tuple[int, DecodeJob, CodesFile]] = []
@@ -713,43 +765,8 @@ def decode_files(
             while pos_items and (not batch or streams + pos_items[0][2].header.channels <= batch_size):
                 batch.append(pos_items.pop(0))
                 streams += batch[-1][2].header.channels
-            states: List[Tuple[int, _DecState]] = []
             try:
-                with ExitStack() as stack:
-                    slot = 0
-                    for i, job, cf in batch:
-                        out_sr = sample_rate or cf.header.orig_sample_rate
-                        st = _DecState(job, cf, use_nq, out_sr, stack)
-                        st.slot = slot
-                        slot += st.streams
-                        states.append((i, st))
-                    max_frames = max(st.frames for _, st in states)
-                    emitted = 0  # output samples so far (the same for every slot)
-
-                    def emit(audio: np.ndarray) -> None:
-                        for _, st in states:
-                            valid = min(audio.shape[-1], st.frames * hop - emitted)
-                            if valid > 0:
-                                st.write(audio[st.slot: st.slot + st.streams, 0, :valid])
-                                if progress is not None:
-                                    progress(valid / sr)
-
-                    with torch.inference_mode():
-                        dec = m.stream_decoder(streams)
-                        for pos in range(0, max_frames, fchunk):
-                            f = min(fchunk, max_frames - pos)
-                            codes = np.full((streams, use_nq, f), -1, np.int64)  # -1: past a shorter item's end
-                            for _, st in states:
-                                seg = st.cf.codes[:, :use_nq, pos: pos + f]
-                                codes[st.slot: st.slot + st.streams, :, : seg.shape[-1]] = seg
-                            audio = dec.feed(torch.from_numpy(codes).to(dev)).detach().to("cpu").float().numpy()
-                            if (pos // fchunk) % 16 == 15:
-                                _release_memory()
-                            emit(audio)
-                            emitted += audio.shape[-1]
-                        emit(dec.flush().detach().to("cpu").float().numpy())
-                    for _, st in states:
-                        st.finish()
+                states = _stream_decode_batch(m, batch, use_nq, sample_rate, chunk_seconds, progress)
             except CodecError as exc:
                 for i, job, _ in batch:
                     finish(i, JobResult(job.src, job.dst, error=str(exc)))

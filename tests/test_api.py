@@ -93,7 +93,7 @@ def test_pipeline_and_trainer_pass_the_layout_they_mean(tiny, tmp_path):
     codes, header = codec.load_codes(tmp_path / "s.codes")
     wav, _ = load_audio(tmp_path / "s.wav")
     assert header.channels == 2 and torch.equal(codes, m.encode(wav[:, None], nq=4))
-    x, n = ValidDataset([{"path": str(tmp_path / "s.wav")}], 16000, loudness_db=None)[0]
+    x, n = ValidDataset([{"path": str(tmp_path / "s.wav")}], 16000, rms_db=None)[0]
     assert x.shape == (1, n)
     wav = torch.from_numpy(x)[None]  # what Trainer's validation passes to model.encode
     assert torch.equal(m.encode(wav, nq=4), m.encode(torch.from_numpy(x[0]), nq=4))

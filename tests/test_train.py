@@ -358,7 +358,7 @@ def test_frozen_generator_trains_only_discriminators_then_finetune_loads_them(wa
     with torch.no_grad():
         m = codec.load(str(other))
         next(m.parameters()).add_(1.0)
-        m.save_pretrained(str(other))
+        codec.save_pretrained(m, str(other))
     with pytest.raises(CodecError, match="is not the model in"):
         export_discriminators(warm, other)
 

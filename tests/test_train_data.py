@@ -47,14 +47,20 @@ def test_config_defaults_yaml_and_overrides(tmp_path):
         load_config(y)
 
 
-def test_shipped_recipes_parse():
+def test_shipped_recipes_parse(monkeypatch, tmp_path):
     from pathlib import Path
 
     recipes = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
     assert {"tiny-cpu.yaml", "speech-16k.yaml", "speech-24k.yaml"} <= {r.name for r in recipes}
+    monkeypatch.delenv("CODEC_DATA", raising=False)
+    with pytest.raises(CodecError, match="CODEC_DATA is not set"):
+        load_config(recipes[0].parent / "speech-24k.yaml")
+    monkeypatch.setenv("CODEC_DATA", str(tmp_path))
     for r in recipes:
         cfg = load_config(r)
         assert cfg["train"]["steps"] > 0
+        if isinstance(cfg["data"].get("train"), str) and "corpus" not in r.name:
+            assert "${" not in cfg["data"]["train"], r.name   # the variable was filled in
 
 
 def test_manifest_and_folder(tmp_path):

@@ -111,7 +111,7 @@ def collect(args: argparse.Namespace) -> Dict[str, Any]:
                     "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "device": args.device or "cpu"},
     }
-    if args.what in ("all", "model", "encodec"):
+    if args.what in ("all", "model", "encodec", "onnx"):
         try:
             from codec.bench import model as mb
         except ImportError as exc:

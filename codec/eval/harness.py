@@ -237,8 +237,6 @@ def evaluate(inputs: Union[str, Sequence[str]], model: Optional[object] = None,
         "per_file": {column: [..]}}], "reference": {"metrics", "per_file"} (non-intrusive columns of the
         references; empty without them), "visqol", ...}``
     """
-    import torch
-
     from codec.eval import baselines as BL
     from codec.eval.metrics import summarize
 
@@ -246,26 +244,9 @@ def evaluate(inputs: Union[str, Sequence[str]], model: Optional[object] = None,
     metrics = expand_metrics(list(metrics))
     _check_metrics(metrics)
     files = list_inputs(inputs, max_files)
-    mdl = None
     nq_list = _parse_int_list(nqs) if model is not None else []
-    model_name = None
-    if model is not None:
-        if isinstance(model, (str, os.PathLike)):
-            import codec
-
-            model_name = str(model)
-            mdl = codec.load(str(model), device=device)
-        else:
-            mdl = model
-            model_name = type(model).__name__
-        mdl.eval()
-        maxq = int(getattr(mdl, "num_quantizers"))
-        bad = [q for q in nq_list if q > maxq]
-        if bad:
-            raise CodecError(f"--nq {bad[0]} exceeds the model's {maxq} quantizers.")
-        sr = int(mdl.sample_rate)
-    else:
-        sr = int(sample_rate or 24000)
+    mdl, model_name = _load_eval_model(model, device, nq_list)
+    sr = int(mdl.sample_rate) if mdl is not None else int(sample_rate or 24000)
     ours_kbps = [float(mdl.bitrate(q)) / 1000 for q in nq_list] if mdl is not None else []
     base_list = BL.parse_baselines(baselines, match_kbps=ours_kbps) if baselines else []
     for c in sorted({c for c, _ in base_list}):
@@ -292,17 +273,7 @@ def evaluate(inputs: Union[str, Sequence[str]], model: Optional[object] = None,
         if len(ref) < sr // 4:
             raise CodecError(f"'{path}' is shorter than 0.25 s, too short to evaluate.")
         durations.append(len(ref) / sr)
-        outs: Dict[str, np.ndarray] = {}
-        if mdl is not None:
-            x = torch.from_numpy(ref)[None, None].to(dev)
-            with torch.inference_mode():
-                codes = mdl.encode(x, nq=max(nq_list))
-                for q in nq_list:
-                    y = mdl.decode(codes[:, :q])
-                    y = y.reshape(-1)[: len(ref)].float().cpu().numpy()
-                    if len(y) < len(ref):
-                        y = np.concatenate([y, np.zeros(len(ref) - len(y), np.float32)])
-                    outs[f"ours nq={q}"] = y
+        outs = _decode_at_each_nq(mdl, ref, nq_list, dev) if mdl is not None else {}
         for sysd in systems:
             name = str(sysd["name"])
             if sysd["kind"] == "model":
@@ -345,14 +316,55 @@ def evaluate(inputs: Union[str, Sequence[str]], model: Optional[object] = None,
         "wall_time_s": round(time.time() - t0, 2),
     }
     if out_dir:
-        os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as f:
-            json.dump(_jsonable(result), f, indent=2)
-        with open(os.path.join(out_dir, "results.md"), "w", encoding="utf-8") as f:
-            f.write(format_markdown(result))
-        write_csv(result, os.path.join(out_dir, "results.csv"))
-        result["plots"] = _plots(result, spec_examples, out_dir)
+        result["plots"] = _write_results(result, spec_examples, out_dir)
     return result
+
+
+def _load_eval_model(model: Optional[object], device: Optional[str], nq_list: Sequence[int]) -> Tuple[object, Optional[str]]:
+    """``(model in eval mode, its name)`` for :func:`evaluate`'s ``model`` (a directory / pretrained name or a
+    ``CodecModel``; ``(None, None)`` for none), checking that every ``nq`` fits it."""
+    if model is None:
+        return None, None
+    if isinstance(model, (str, os.PathLike)):
+        import codec
+
+        mdl, model_name = codec.load(str(model), device=device), str(model)
+    else:
+        mdl, model_name = model, type(model).__name__
+    mdl.eval()
+    maxq = int(getattr(mdl, "num_quantizers"))
+    bad = [q for q in nq_list if q > maxq]
+    if bad:
+        raise CodecError(f"--nq {bad[0]} exceeds the model's {maxq} quantizers.")
+    return mdl, model_name
+
+
+def _decode_at_each_nq(mdl, ref: np.ndarray, nq_list: Sequence[int], dev) -> Dict[str, np.ndarray]:
+    """Encode ``ref`` [T] once at the largest nq and decode it with each nq's first levels:
+    ``{"ours nq=Q": audio [T]}`` (trimmed or zero-padded to ``len(ref)``)."""
+    import torch
+
+    outs: Dict[str, np.ndarray] = {}
+    x = torch.from_numpy(ref)[None, None].to(dev)
+    with torch.inference_mode():
+        codes = mdl.encode(x, nq=max(nq_list))
+        for q in nq_list:
+            y = mdl.decode(codes[:, :q]).reshape(-1)[: len(ref)].float().cpu().numpy()
+            if len(y) < len(ref):
+                y = np.concatenate([y, np.zeros(len(ref) - len(y), np.float32)])
+            outs[f"ours nq={q}"] = y
+    return outs
+
+
+def _write_results(result: Dict[str, object], spec_examples: List[Dict[str, object]], out_dir: str) -> List[str]:
+    """Write ``results.json``, ``results.md``, ``results.csv`` and the plots into ``out_dir``; returns the plots."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as f:
+        json.dump(_jsonable(result), f, indent=2)
+    with open(os.path.join(out_dir, "results.md"), "w", encoding="utf-8") as f:
+        f.write(format_markdown(result))
+    write_csv(result, os.path.join(out_dir, "results.csv"))
+    return _plots(result, spec_examples, out_dir)
 
 
 def _jsonable(o: object) -> object:

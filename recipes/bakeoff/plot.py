@@ -1,8 +1,9 @@
 """Learning curves of the bake-off runs: validation PESQ-WB and STOI at nq 8 against CPU-hours.
 
-    python recipes/bakeoff/plot.py OUT.png NAME=RUN_DIR [NAME=RUN_DIR ...]
+    python recipes/bakeoff/plot.py OUT.png NAME=RUN_DIR [NAME=RUN_DIR[+HOURS] ...]
 
-Reads each run's ``metrics.jsonl`` (the ``valid`` records written by ``codec train``, which carry ``cpu_hours``
+``+HOURS`` shifts a run's curve right by the CPU-hours spent before it (a run that continued another run's
+model with ``model.init_from``). Reads each run's ``metrics.jsonl`` (the ``valid`` records written by ``codec train``, which carry ``cpu_hours``
 and, with the ``eval`` extras installed, ``pesq/nqN`` and ``stoi/nqN``) and prints the points as a Markdown table.
 """
 from __future__ import annotations
@@ -34,7 +35,8 @@ def main(argv) -> int:
     print("| run | step | CPU-hours | PESQ-WB nq8 | STOI nq8 | mel nq8 |\n|---|---|---|---|---|---|")
     for arg in argv[1:]:
         name, run = arg.split("=", 1)
-        pts = curves(Path(run))
+        run, _, shift = run.partition("+")
+        pts = [(p[0] + float(shift or 0), *p[1:]) for p in curves(Path(run))]
         if not pts:
             continue
         h = [p[0] for p in pts]
@@ -47,7 +49,7 @@ def main(argv) -> int:
         ax.set_ylabel(f"{what} at nq 8 (6 kbps)")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle("Bake-off: validation subset (12 held-out clips, <= 4 s) during training")
+    fig.suptitle("Validation subset (12 held-out clips, <= 4 s) during training")
     fig.tight_layout()
     fig.savefig(argv[0], dpi=110)
     return 0

@@ -11,7 +11,7 @@ import subprocess
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional, Tuple, Union
+from typing import Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -33,6 +33,14 @@ PathLike = Union[str, os.PathLike]
 #: Extensions recognised as audio when scanning directories (soundfile formats + common ffmpeg ones).
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".au", ".w64", ".rf64", ".caf",
                     ".opus", ".m4a", ".aac", ".g722", ".sln", ".wma", ".webm"}
+
+
+def find_files(folder: PathLike, extensions: Optional[Iterable[str]] = AUDIO_EXTENSIONS) -> List[Path]:
+    """The files under ``folder`` (recursively, sorted, hidden names skipped) whose lower-cased suffix is in
+    ``extensions`` (all files when ``None``): the one directory scan of codec (CLI inputs, eval, training data)."""
+    exts = None if extensions is None else {e.lower() for e in extensions}
+    return sorted(f for f in Path(folder).rglob("*")
+                  if f.is_file() and not f.name.startswith(".") and (exts is None or f.suffix.lower() in exts))
 
 
 def _check_readable(path: Path) -> None:

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
-from .errors import CodecError
+from .errors import CodecError, OptionError
 
 __all__ = ["main", "build_parser", "plan_jobs"]
 
@@ -167,6 +167,11 @@ def _progress_bar(args: argparse.Namespace, total: Optional[float], desc: str):
                 bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]" if total else None)
 
 
+def _cli_message(exc: CodecError) -> str:
+    """A user error as the command line says it: a bad parameter is named by its flag (``--nq``)."""
+    return exc.for_cli() if isinstance(exc, OptionError) else str(exc)
+
+
 def plan_jobs(inputs: Sequence[str], out: str, in_exts: Optional[set], out_ext: str) -> List[Tuple[Path, Path]]:
     """Map CLI inputs to ``(src, dst)`` pairs.
 
@@ -174,6 +179,8 @@ def plan_jobs(inputs: Sequence[str], out: str, in_exts: Optional[set], out_ext: 
     Several inputs or a directory -> ``out`` is a directory (created); directory inputs are scanned
     recursively for files with an extension in ``in_exts`` and their relative paths are kept.
     """
+    from .audio import find_files
+
     outp = Path(out)
     if len(inputs) == 1 and not Path(inputs[0]).is_dir():
         src = Path(inputs[0])
@@ -186,8 +193,7 @@ def plan_jobs(inputs: Sequence[str], out: str, in_exts: Optional[set], out_ext: 
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and (in_exts is None or f.suffix.lower() in in_exts)
-                           and not f.name.startswith("."))
+            found = find_files(p, in_exts)
             if not found:
                 raise CodecError(f"no input files found in directory '{p}'.")
             for f in found:
@@ -231,10 +237,10 @@ def _run_file_jobs(args: argparse.Namespace, pairs: Sequence[Tuple[Path, Path]],
             for w in r.warnings:
                 bar.clear()
                 _warn(w)
-            if r.error:
+            if r.failure is not None:
                 failed += 1
                 bar.clear()
-                _err(r.error)
+                _err(_cli_message(r.failure))
             elif not args.quiet:
                 bar.write(describe(r))
 
@@ -255,7 +261,7 @@ def _checked_nq(nq: Optional[int], model, default: int) -> int:
     max_nq = int(model.num_quantizers)
     nq = default if nq is None else nq
     if not 1 <= nq <= max_nq:
-        raise CodecError(f"--nq {nq} is out of range: this model has levels 1 to {max_nq}.")
+        raise OptionError("nq", f"{nq} is out of range: this model has levels 1 to {max_nq}.")
     return nq
 
 
@@ -574,7 +580,7 @@ def _main(argv: List[str]) -> int:
         _err(str(exc))
         return EXIT_USER_ERROR
     except CodecError as exc:
-        _err(str(exc))
+        _err(_cli_message(exc))
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted; no partial output was kept.", file=sys.stderr)

@@ -28,7 +28,7 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
-from .errors import CodecError
+from .errors import CodecError, OptionError
 
 __all__ = [
     "MAGIC",
@@ -441,7 +441,7 @@ def trim_bytes(buf: bytes, nq: int, source: str = "input") -> bytes:
     hdr = _check_integrity(buf, source)
     check_code_values(buf, hdr, source)
     if not 1 <= nq <= hdr.num_levels:
-        raise CodecError(f"--nq {nq} is out of range: '{source}' stores levels 1 to {hdr.num_levels}.")
+        raise OptionError("nq", f"{nq} is out of range: '{source}' stores levels 1 to {hdr.num_levels}.")
     old_header_size = hdr.header_size
     hdr.num_levels = nq
     body = hdr.pack() + bytes(buf[old_header_size: old_header_size + nq * hdr.level_bytes])

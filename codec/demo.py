@@ -15,7 +15,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from .errors import CodecError
+from .errors import CodecError, OptionError
 
 __all__ = ["run_demo", "demo", "format_demo_table"]
 
@@ -24,12 +24,12 @@ def _parse_nqs(text: str, max_nq: int) -> List[int]:
     try:
         vals = sorted({int(v) for v in str(text).split(",") if v.strip()})
     except ValueError:
-        raise CodecError(f"--nq must be comma-separated integers, got '{text}'.") from None
+        raise OptionError("nq", f"must be comma-separated integers, got '{text}'.") from None
     if not vals:
-        raise CodecError("--nq needs at least one value.")
+        raise OptionError("nq", "needs at least one value.")
     bad = [v for v in vals if not 1 <= v <= max_nq]
     if bad:
-        raise CodecError(f"--nq {bad[0]} is out of range: this model has levels 1 to {max_nq}.")
+        raise OptionError("nq", f"{bad[0]} is out of range: this model has levels 1 to {max_nq}.")
     return vals
 
 
@@ -120,7 +120,7 @@ def run_demo(args: argparse.Namespace) -> int:
     nqs = _parse_nqs(args.nq, int(model.num_quantizers))
     out_dir = Path(args.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise CodecError(f"--out-dir '{out_dir}' exists and is not a directory.")
+        raise OptionError("out_dir", f"'{out_dir}' exists and is not a directory.")
     from tqdm import tqdm
     import sys
 

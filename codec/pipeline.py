@@ -32,7 +32,7 @@ import numpy as np
 from .audio import AudioReader, atomic_output
 from .codes_format import (MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, CodesFile, CodesHeader, bits_for, read_codes,
                            write_codes)
-from .errors import CodecError
+from .errors import CodecError, OptionError
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -218,18 +218,24 @@ class DecodeJob:
 
 @dataclass
 class JobResult:
-    """Outcome of one job: ``header`` on success, else ``error`` (one sentence); ``warnings`` either way."""
+    """Outcome of one job: ``header`` on success, else ``failure`` (its ``error`` is one sentence); ``warnings``
+    either way."""
 
     src: Path
     dst: Path
     header: Optional[CodesHeader] = None
-    error: Optional[str] = None
+    failure: Optional[CodecError] = None
     warnings: List[str] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
-        return self.error is None
+        return self.failure is None
+
+    @property
+    def error(self) -> Optional[str]:
+        """The failure as one sentence (``None`` on success)."""
+        return None if self.failure is None else str(self.failure)
 
 
 class _EncState:
@@ -270,7 +276,7 @@ class _EncState:
         self.peak = 0.0
         self.clipped = 0
         self.codes: List[np.ndarray] = []
-        self.error: Optional[str] = None
+        self.failure: Optional[CodecError] = None
         self.slot = 0
 
     def _push(self, y: np.ndarray) -> None:
@@ -368,16 +374,108 @@ def _codes_dtype(codebook_size: int):
     return np.int16 if codebook_size <= 32767 else np.int32
 
 
-def _stream_encoder(model, batch: int, nq: int):
-    try:
-        return model.stream_encoder(batch, nq=nq)
-    except TypeError:
-        return model.stream_encoder(batch)
-
-
 def _as_numpy_codes(codes, nq: int, dtype) -> np.ndarray:
     arr = codes.detach().to("cpu").numpy() if hasattr(codes, "detach") else np.asarray(codes)
     return arr[:, :nq].astype(dtype, copy=False)
+
+
+def _open_group(pending: List[Tuple[int, EncodeJob]], batch_size: int, keep_channels: bool, sr: int, chunk: int,
+                finish: Callable[[int, JobResult], None]) -> Tuple[List[Tuple[int, "_EncState"]], int]:
+    """Open the next files of ``pending`` (popped in place) until ``batch_size`` code streams are filled
+    (at least one file) -> ``(group of (job index, state), streams)``.  Files that cannot be opened are
+    finished with their error; a file that would overflow the batch goes back to the front of ``pending``."""
+    group: List[Tuple[int, _EncState]] = []
+    streams = 0
+    while pending and not (group and streams >= batch_size):
+        i, job = pending.pop(0)
+        try:
+            check_not_same_file(job.src, job.dst)
+            _check_output_dir(Path(job.dst))
+            st = _EncState(job, keep_channels, sr, chunk)
+        except CodecError as exc:
+            finish(i, JobResult(job.src, job.dst, failure=exc))
+            continue
+        if group and streams + st.streams > batch_size:
+            st.close()
+            pending.insert(0, (i, job))
+            break
+        st.slot = streams
+        streams += st.streams
+        group.append((i, st))
+    return group, streams
+
+
+def _fill_group(group: List[Tuple[int, "_EncState"]], chunk: int, progress: Progress) -> None:
+    """Buffer ``chunk`` model-rate samples for every live file of the group; a file that fails while being read
+    keeps its error and stops taking part."""
+    for _, st in group:
+        if st.failure is not None:
+            continue
+        try:
+            secs = st.fill(chunk)
+        except CodecError as exc:
+            st.failure, st.eof = exc, True
+            st.fifo, st.fifo_len, secs = [], 0, 0.0
+            st.close()
+        if progress is not None and secs:
+            progress(secs)
+
+
+def _append_codes(group: List[Tuple[int, "_EncState"]], codes, nq: int, dtype) -> None:
+    """Hand each live file its rows (its slots) of a ``[streams, nq, frames]`` block of codes."""
+    c = _as_numpy_codes(codes, nq, dtype).copy()
+    for _, st in group:
+        if st.failure is None:
+            st.codes.append(c[st.slot: st.slot + st.streams])
+
+
+def _stream_encode_group(model, group: List[Tuple[int, "_EncState"]], streams: int, nq: int, chunk: int,
+                         dtype, progress: Progress) -> None:
+    """Feed the group's files through one batched stream encoder, ``chunk`` samples per step, until every file
+    is drained; the codes collect in each file's state."""
+    import torch
+
+    device = _model_device(model)
+    with torch.inference_mode():
+        enc = model.stream_encoder(streams, nq=nq)
+        steps = 0
+        while True:
+            _fill_group(group, chunk, progress)
+            if all(st.eof and st.fifo_len == 0 for _, st in group):
+                break
+            x = np.zeros((streams, 1, chunk), np.float32)
+            for _, st in group:
+                if st.failure is None:
+                    x[st.slot: st.slot + st.streams, 0] = st.take(chunk)
+            _append_codes(group, enc.feed(torch.from_numpy(x).to(device)), nq, dtype)
+            steps += 1
+            if steps % 16 == 0:
+                _release_memory()
+        tail = enc.flush()
+        if tail is not None and tail.shape[-1]:
+            _append_codes(group, tail, nq, dtype)
+
+
+def _write_encoded(model, model_name: str, st: "_EncState", nq: int, dtype) -> JobResult:
+    """Write one drained file's codes (trimmed to its own frame count) with its header -> its result."""
+    job, hop = st.job, int(model.hop_length)
+    if st.failure is not None:
+        return JobResult(job.src, job.dst, failure=st.failure)
+    if st.in_len == 0:
+        return JobResult(job.src, job.dst, failure=CodecError(f"'{job.src}' contains no audio samples."))
+    frames = max(1, -(-st.model_len // hop))
+    allc = np.concatenate(st.codes, axis=-1) if st.codes else np.zeros((st.streams, nq, 0), dtype)
+    if allc.shape[-1] < frames:  # pragma: no cover - model emitted fewer frames than promised
+        raise RuntimeError(f"stream encoder produced {allc.shape[-1]} frames, expected {frames}")
+    allc = allc[..., :frames]
+    if allc.size and allc.min() < 0:  # pragma: no cover
+        raise RuntimeError("stream encoder produced padding codes inside the signal")
+    header = codes_header(model, nq, frames, st.streams, st.in_channels, st.in_len, st.in_sr, model_name)
+    try:
+        write_codes(job.dst, header, allc)
+    except CodecError as exc:
+        return JobResult(job.src, job.dst, failure=exc)
+    return JobResult(job.src, job.dst, header=header, warnings=st.warnings(), seconds=st.in_len / st.in_sr)
 
 
 def encode_files(
@@ -393,6 +491,9 @@ def encode_files(
 ) -> List[JobResult]:
     """Encode audio files to ``.codes`` files with the streaming encoder (memory flat in file length).
 
+    Files are opened a group at a time (:func:`_open_group`), streamed through one batched encoder
+    (:func:`_stream_encode_group`) and written one by one (:func:`_write_encoded`).
+
     Args:
         model: a ``CodecModel`` (eval mode).
         model_name: model name recorded in the header (a path is reduced to its last component).
@@ -407,14 +508,11 @@ def encode_files(
         one :class:`JobResult` per job, in order.  Per-file problems are reported in ``result.error``;
         no output file is left for a failed job.
     """
-    import torch
-
     sr, hop, cb, max_nq = _model_facts(model)
     if not 1 <= nq <= max_nq:
-        raise CodecError(f"--nq {nq} is out of range: this model has levels 1 to {max_nq}.")
+        raise OptionError("nq", f"{nq} is out of range: this model has levels 1 to {max_nq}.")
     _release_memory()  # pins the mmap threshold before the first chunk
     model_fingerprint(model)  # hashed (and cached) before the first file is read
-    device = _model_device(model)
     dtype = _codes_dtype(cb)
     chunk = hop * max(1, int(round(chunk_seconds * sr / hop)))
     results: Dict[int, JobResult] = {}
@@ -424,91 +522,14 @@ def encode_files(
         if on_result is not None:
             on_result(res)
 
-    # open files lazily per group
     pending = list(enumerate(jobs))
     while pending:
-        group: List[Tuple[int, _EncState]] = []
-        streams = 0
-        while pending:
-            i, job = pending[0]
-            if group and streams >= batch_size:
-                break
-            pending.pop(0)
-            try:
-                check_not_same_file(job.src, job.dst)
-                _check_output_dir(Path(job.dst))
-                st = _EncState(job, keep_channels, sr, chunk)
-            except CodecError as exc:
-                finish(i, JobResult(job.src, job.dst, error=str(exc)))
-                continue
-            if group and streams + st.streams > batch_size:
-                st.close()
-                pending.insert(0, (i, job))
-                break
-            st.slot = streams
-            streams += st.streams
-            group.append((i, st))
-        if not group:
-            continue
+        group, streams = _open_group(pending, batch_size, keep_channels, sr, chunk, finish)
         try:
-            with torch.inference_mode():
-                enc = _stream_encoder(model, streams, nq)
-                steps = 0
-                while True:
-                    for _, st in group:
-                        if st.error is None:
-                            try:
-                                secs = st.fill(chunk)
-                            except CodecError as exc:
-                                st.error, st.eof = str(exc), True
-                                st.fifo, st.fifo_len, secs = [], 0, 0.0
-                                st.close()
-                            if progress is not None and secs:
-                                progress(secs)
-                    if all(st.eof and st.fifo_len == 0 for _, st in group):
-                        break
-                    x = np.zeros((streams, 1, chunk), np.float32)
-                    for _, st in group:
-                        if st.error is None:
-                            x[st.slot: st.slot + st.streams, 0] = st.take(chunk)
-                    codes = enc.feed(torch.from_numpy(x).to(device))
-                    c = _as_numpy_codes(codes, nq, dtype).copy()
-                    steps += 1
-                    if steps % 16 == 0:
-                        _release_memory()
-                    for _, st in group:
-                        if st.error is None:
-                            st.codes.append(c[st.slot: st.slot + st.streams])
-                tail = enc.flush()
-                if tail is not None and tail.shape[-1]:
-                    c = _as_numpy_codes(tail, nq, dtype)
-                    for _, st in group:
-                        if st.error is None:
-                            st.codes.append(c[st.slot: st.slot + st.streams])
+            if group:
+                _stream_encode_group(model, group, streams, nq, chunk, dtype, progress)
             for i, st in group:
-                job = st.job
-                if st.error is not None:
-                    finish(i, JobResult(job.src, job.dst, error=st.error))
-                    continue
-                if st.in_len == 0:
-                    finish(i, JobResult(job.src, job.dst, error=f"'{job.src}' contains no audio samples."))
-                    continue
-                frames = max(1, -(-st.model_len // hop))
-                allc = np.concatenate(st.codes, axis=-1) if st.codes else np.zeros((st.streams, nq, 0), dtype)
-                if allc.shape[-1] < frames:  # pragma: no cover - model emitted fewer frames than promised
-                    raise RuntimeError(f"stream encoder produced {allc.shape[-1]} frames, expected {frames}")
-                allc = allc[..., :frames]
-                if allc.size and allc.min() < 0:  # pragma: no cover
-                    raise RuntimeError("stream encoder produced padding codes inside the signal")
-                header = codes_header(model, nq, frames, st.streams, st.in_channels, st.in_len, st.in_sr,
-                                      model_name)
-                try:
-                    write_codes(job.dst, header, allc)
-                except CodecError as exc:
-                    finish(i, JobResult(job.src, job.dst, error=str(exc)))
-                    continue
-                finish(i, JobResult(job.src, job.dst, header=header, warnings=st.warnings(),
-                                    seconds=st.in_len / st.in_sr))
+                finish(i, _write_encoded(model, model_name, st, nq, dtype))
         finally:
             for _, st in group:
                 st.close()
@@ -518,8 +539,8 @@ def encode_files(
 def encode_file(model, model_name: str, src: PathLike, dst: PathLike, nq: int, keep_channels: bool = False) -> JobResult:
     """Encode one file (see :func:`encode_files`); raises :class:`CodecError` on failure."""
     res = encode_files(model, model_name, [EncodeJob(Path(src), Path(dst))], nq, keep_channels)[0]
-    if res.error:
-        raise CodecError(res.error)
+    if res.failure is not None:
+        raise res.failure
     return res
 
 
@@ -636,7 +657,7 @@ def _plan_decode_job(job: DecodeJob, nq: Optional[int], sample_rate: Optional[in
     check_output_format(job.dst, sample_rate or h.orig_sample_rate, h.channels, str(job.src))
     use_nq = h.num_levels if nq is None else nq
     if not 1 <= use_nq <= h.num_levels:
-        raise CodecError(f"--nq {nq} is out of range: '{job.src}' stores levels 1 to {h.num_levels}.")
+        raise OptionError("nq", f"{nq} is out of range: '{job.src}' stores levels 1 to {h.num_levels}.")
     if model is not None or model_spec is not None:
         key = model_spec or ""
         m, label = get_model(model_spec)
@@ -745,7 +766,7 @@ def decode_files(
         return models[key]
 
     if sample_rate is not None and not 1000 <= sample_rate <= 384000:
-        raise CodecError(f"--sample-rate {sample_rate} is out of range (1000 to 384000 Hz).")
+        raise OptionError("sample_rate", f"{sample_rate} is out of range (1000 to 384000 Hz).")
 
     # validate and group: (model key, nq) -> list of (index, job, CodesFile)
     groups: Dict[Tuple[str, int], List[Tuple[int, DecodeJob, CodesFile]]] = {}
@@ -754,7 +775,7 @@ def decode_files(
             key, use_nq, cf = _plan_decode_job(job, nq, sample_rate, model, model_spec, get_model)
             groups.setdefault((key, use_nq), []).append((i, job, cf))
         except CodecError as exc:
-            finish(i, JobResult(job.src, job.dst, error=str(exc)))
+            finish(i, JobResult(job.src, job.dst, failure=exc))
 
     for (key, use_nq), items in groups.items():
         m = models[key][0]
@@ -769,14 +790,14 @@ def decode_files(
                 states = _stream_decode_batch(m, batch, use_nq, sample_rate, chunk_seconds, progress)
             except CodecError as exc:
                 for i, job, _ in batch:
-                    finish(i, JobResult(job.src, job.dst, error=str(exc)))
+                    finish(i, JobResult(job.src, job.dst, failure=exc))
                 continue
             except RuntimeError as exc:
                 if type(exc).__name__ != "LibsndfileError":
                     raise
                 msg = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else "write error"
                 for i, job, _ in batch:
-                    finish(i, JobResult(job.src, job.dst, error=f"cannot write '{job.dst}': {msg}."))
+                    finish(i, JobResult(job.src, job.dst, failure=CodecError(f"cannot write '{job.dst}': {msg}.")))
                 continue
             # ExitStack closed: temp files renamed onto their destinations
             for i, st in states:
@@ -789,6 +810,6 @@ def decode_file(model, src: PathLike, dst: PathLike, nq: Optional[int] = None,
                 sample_rate: Optional[int] = None) -> JobResult:
     """Decode one ``.codes`` file with ``model`` (see :func:`decode_files`); raises :class:`CodecError`."""
     res = decode_files([DecodeJob(Path(src), Path(dst))], nq=nq, sample_rate=sample_rate, model=model)[0]
-    if res.error:
-        raise CodecError(res.error)
+    if res.failure is not None:
+        raise res.failure
     return res

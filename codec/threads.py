@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from .errors import CodecError
+from .errors import CodecError, OptionError
 
 __all__ = ["MAX_DEFAULT_THREADS", "usable_cores", "default_threads", "set_threads", "THREADS_HELP"]
 
@@ -47,6 +47,6 @@ def set_threads(threads: Optional[int] = None) -> int:
 
     n = default_threads() if threads is None else int(threads)
     if n < 1:
-        raise CodecError(f"--threads must be at least 1, got {n}.")
+        raise OptionError("threads", f"must be at least 1, got {n}.")
     torch.set_num_threads(n)
     return n

@@ -118,7 +118,7 @@ def test_trim_levels_files(tmp_path):
     h2 = trim_levels(src, dst, 2)
     assert h2.num_levels == 2
     assert np.array_equal(read_codes(dst).codes, codes[:, :2])
-    with pytest.raises(CodecError, match=r"--nq 7 is out of range: '.*a.codes' stores levels 1 to 6\."):
+    with pytest.raises(CodecError, match=r"^nq 7 is out of range: '.*a.codes' stores levels 1 to 6\."):
         trim_levels(src, tmp_path / "c.codes", 7)
     with pytest.raises(CodecError, match="out of range"):
         trim_levels(src, tmp_path / "c.codes", 0)

@@ -34,7 +34,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from codec.errors import CodecError
+from codec.audio import find_files
+from codec.errors import CodecError, OptionError
 
 __all__ = ["evaluate", "add_arguments", "run", "list_inputs", "format_table", "format_markdown", "write_csv",
            "rate_note", "expand_metrics", "METRICS", "METRIC_GROUPS", "NON_INTRUSIVE", "DEFAULT_METRICS"]
@@ -59,7 +60,6 @@ NON_INTRUSIVE = ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "distillmos")
 #: metrics computed when none are named (DistillMOS, speaker similarity and ViSQOL are opt-in)
 DEFAULT_METRICS: Tuple[str, ...] = ("pesq", "stoi", "mel", "sisdr", "dnsmos")
 _CHOICES = ("pesq", "stoi", "mel", "sisdr", "dnsmos", "distillmos", "spk_sim", "visqol")
-AUDIO_EXTS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".oga")
 VISQOL_OFF = "not computed (opt-in: --metrics ...,visqol with visqol-python[lattice] installed)"
 VISQOL_ON = "speech mode, visqol-python (unofficial port of ViSQOL v3) with the lattice mapping"
 
@@ -80,11 +80,7 @@ def list_inputs(src: Union[str, Sequence[str]], max_files: Optional[int] = None)
     if isinstance(src, (list, tuple)):
         files = [str(s) for s in src]
     elif os.path.isdir(src):
-        files = []
-        for dp, dn, fn in os.walk(src):
-            dn.sort()
-            files.extend(os.path.join(dp, f) for f in sorted(fn) if f.lower().endswith(AUDIO_EXTS))
-        files.sort()
+        files = [str(f) for f in find_files(src)]
     elif os.path.isfile(src) and src.endswith((".jsonl", ".json")):
         files = []
         base = os.path.dirname(os.path.abspath(src))
@@ -204,11 +200,11 @@ def _parse_int_list(s: Union[str, Sequence[int]]) -> List[int]:
         try:
             v = [int(x) for x in s.split(",") if x.strip()]
         except ValueError:
-            raise CodecError(f"--nq must be a comma-separated list of integers, not '{s}'.") from None
+            raise OptionError("nq", f"must be a comma-separated list of integers, not '{s}'.") from None
     else:
         v = [int(x) for x in s]
     if not v or any(x < 1 for x in v):
-        raise CodecError(f"--nq values must be positive integers, not '{s if isinstance(s, str) else list(s)}'.")
+        raise OptionError("nq", f"values must be positive integers, not '{s if isinstance(s, str) else list(s)}'.")
     return sorted(set(v))
 
 
@@ -335,7 +331,7 @@ def _load_eval_model(model: Optional[object], device: Optional[str], nq_list: Se
     maxq = int(getattr(mdl, "num_quantizers"))
     bad = [q for q in nq_list if q > maxq]
     if bad:
-        raise CodecError(f"--nq {bad[0]} exceeds the model's {maxq} quantizers.")
+        raise OptionError("nq", f"{bad[0]} exceeds the model's {maxq} quantizers.")
     return mdl, model_name
 
 

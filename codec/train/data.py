@@ -25,12 +25,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from codec.audio import find_files
 from codec.errors import CodecError
 
 __all__ = ["read_items", "CropDataset", "ValidDataset", "StepBatchSampler", "collate", "worker_init_fn",
            "rms_normalize", "load_segment"]
 
-_AUDIO_EXT = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au", ".opus"}
 
 
 def read_items(source: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]],
@@ -49,9 +49,7 @@ def read_items(source: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]
         raise CodecError(f"data source '{p}' does not exist.")
     items = []
     if p.is_dir():
-        for f in sorted(p.rglob("*")):
-            if f.is_file() and f.suffix.lower() in _AUDIO_EXT:
-                items.append({"path": str(f)})
+        items = [{"path": str(f)} for f in find_files(p)]
         if not items:
             raise CodecError(f"data folder '{p}' contains no audio files.")
     else:

@@ -351,9 +351,8 @@ class _Stream:
         if not 0 <= int(slot) < self.batch_size:
             raise IndexError(f"slot {slot} out of range 0..{self.batch_size - 1}")
         for s in self.states:
-            if s:
-                for v in s.values():
-                    v[int(slot)].zero_()
+            if s is not None:
+                s.reset(int(slot))
 
 
 class StreamEncoder(_Stream):

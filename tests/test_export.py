@@ -203,22 +203,25 @@ def test_export_errors(tmp_path, capsys, fourier):
     assert not (tmp_path / "o").exists()
 
 
-def test_state_flattening_accepts_dicts_and_dataclasses():
+def test_state_flattening_of_typed_states():
     from dataclasses import dataclass
 
     from codec.deploy.state import flat_states, install_states, rebuild_state, state_items
+    from codec.nn.streaming import StreamState
 
     @dataclass
-    class State:
+    class State(StreamState):
         ctx: torch.Tensor
         pending: torch.Tensor
 
     a, b, c = torch.zeros(2, 3), torch.ones(2, 1), torch.full((2, 3), 5.0)
-    for s in (State(a, b), {"ctx": a, "pending": b}):
-        assert [(k, v is w) for (k, v), w in zip(state_items(s), (a, b))] == [("ctx", True), ("pending", True)]
-        r = rebuild_state(s, {"ctx": c})
-        assert type(r) is type(s) and [v for _, v in state_items(r)][0] is c
-        assert [v for _, v in state_items(s)][0] is a  # the template is not modified
+    s = State(a, b)
+    assert [(k, v is w) for (k, v), w in zip(state_items(s), (a, b))] == [("ctx", True), ("pending", True)]
+    r = rebuild_state(s, {"ctx": c})
+    assert type(r) is State and [v for _, v in state_items(r)][0] is c
+    assert [v for _, v in state_items(s)][0] is a  # the template is not modified
+    s.reset(1)
+    assert b[0].item() == 1.0 and b[1].item() == 0.0  # one slot zeroed, the other kept
     torch.manual_seed(0)
     model = CodecModel(CodecConfig.preset("tiny", **TINY_FOURIER)).eval()
     install_states(model.decoder, 3, {"head.pending": torch.ones(3, model.decoder_delay)})

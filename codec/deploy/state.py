@@ -1,8 +1,8 @@
 """Streaming state as a flat list of named tensors, for graphs that take state in and give state out.
 
-The model keeps one state per streaming layer (:func:`codec.nn.streaming.get_states`); a state is a dict of
-tensors or a dataclass whose fields are tensors (both are accepted, and the same type is rebuilt).  A leaf is
-named ``<module path>.<field>`` (e.g. ``blocks.0.ctx``) and its first dimension is the batch slot.
+The model keeps one state per streaming layer (:func:`codec.nn.streaming.get_states`), a typed
+:class:`codec.nn.streaming.StreamState` dataclass whose fields are tensors.  A leaf is named
+``<module path>.<field>`` (e.g. ``blocks.0.ctx``) and its first dimension is the batch slot.
 """
 from __future__ import annotations
 
@@ -17,27 +17,14 @@ from ..nn import streaming as st
 __all__ = ["state_items", "rebuild_state", "flat_states", "fresh_states", "install_states"]
 
 
-def state_items(state: Any) -> List[Tuple[str, torch.Tensor]]:
-    """``(field, tensor)`` pairs of one layer's state: a dict of tensors, a dataclass of tensors, or None."""
-    if state is None:
-        return []
-    if dataclasses.is_dataclass(state) and not isinstance(state, type):
-        return [(f.name, getattr(state, f.name)) for f in dataclasses.fields(state)
-                if torch.is_tensor(getattr(state, f.name))]
-    if isinstance(state, dict):
-        return [(str(k), v) for k, v in state.items() if torch.is_tensor(v)]
-    raise TypeError(f"streaming state must be a dict or a dataclass of tensors, got {type(state).__name__}")
+def state_items(state: Optional[st.StreamState]) -> List[Tuple[str, torch.Tensor]]:
+    """``(field, tensor)`` pairs of one layer's state (none for ``None``)."""
+    return [] if state is None else state.items()
 
 
-def rebuild_state(template: Any, values: Dict[str, torch.Tensor]) -> Any:
-    """A copy of ``template`` (dict or dataclass) with the fields named in ``values`` replaced."""
-    if not values:
-        return template
-    if dataclasses.is_dataclass(template) and not isinstance(template, type):
-        return dataclasses.replace(template, **values)
-    out = dict(template)
-    out.update(values)
-    return out
+def rebuild_state(template: st.StreamState, values: Dict[str, torch.Tensor]) -> st.StreamState:
+    """A copy of ``template`` with the fields named in ``values`` replaced."""
+    return dataclasses.replace(template, **values) if values else template
 
 
 def _paths(module: nn.Module) -> List[str]:

@@ -20,13 +20,22 @@ chunking, length or batch.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .streaming import StreamingModule
+from .streaming import ContextState, PendingState, StreamingModule
+
+
+@dataclass
+class ConvState(ContextState):
+    """State of :class:`StreamingConv1d`: the left context in both layouts, ``ctx [B, C_in, P]`` (channels-first
+    path) and ``ctx_cl [B, P, C_in]`` (the exact channels-last path); a stream uses one of them."""
+
+    ctx_cl: torch.Tensor
 
 
 def exact_linear(rows: torch.Tensor, weight_t: torch.Tensor, block_rows: int) -> torch.Tensor:
@@ -115,17 +124,17 @@ class StreamingConv1d(_WeightNorm):
         self.block_rows = int(block_rows)
         self._init_wn((out_channels, in_channels, kernel_size), out_channels, in_channels * kernel_size)
 
-    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Dict[str, torch.Tensor]:
-        return {"ctx": torch.zeros(batch_size, self.in_channels, self.context, device=device, dtype=dtype),
-                "ctx_cl": torch.zeros(batch_size, self.context, self.in_channels, device=device, dtype=dtype)}
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> "ConvState":
+        return ConvState(torch.zeros(batch_size, self.in_channels, self.context, device=device, dtype=dtype),
+                         torch.zeros(batch_size, self.context, self.in_channels, device=device, dtype=dtype))
 
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, C_in, T] -> [B, C_out, T // stride] (channels-first, differentiable)."""
         if self._stream is not None:
-            xp = torch.cat([self._stream["ctx"].to(x.dtype), x], dim=-1)
+            xp = torch.cat([self._stream.ctx.to(x.dtype), x], dim=-1)
             if self.context:
-                self._stream["ctx"] = xp[..., xp.shape[-1] - self.context:].clone()
+                self._stream.ctx = xp[..., xp.shape[-1] - self.context:].clone()
         else:
             xp = F.pad(x, (self.context, 0))
         w = self.weight()
@@ -145,9 +154,9 @@ class StreamingConv1d(_WeightNorm):
         """Bit-exact path: x [B, T, C_in] (channels-last) -> [B, T // stride, C_out]."""
         B, T, C = x.shape
         if self._stream is not None:
-            xp = torch.cat([self._stream["ctx_cl"].to(x.dtype), x], dim=1)
+            xp = torch.cat([self._stream.ctx_cl.to(x.dtype), x], dim=1)
             if self.context:
-                self._stream["ctx_cl"] = xp[:, xp.shape[1] - self.context:].clone()
+                self._stream.ctx_cl = xp[:, xp.shape[1] - self.context:].clone()
         elif self.context:
             xp = torch.cat([x.new_zeros(B, self.context, C), x], dim=1)
         else:
@@ -219,8 +228,8 @@ class StreamingConvTranspose1d(_WeightNorm):
         self.overlap = self.kernel_size - self.stride
         self._init_wn((in_channels, out_channels, kernel_size), out_channels, in_channels * kernel_size // stride)
 
-    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Dict[str, torch.Tensor]:
-        return {"pending": torch.zeros(batch_size, self.out_channels, self.overlap, device=device, dtype=dtype)}
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> PendingState:
+        return PendingState(torch.zeros(batch_size, self.out_channels, self.overlap, device=device, dtype=dtype))
 
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -231,6 +240,6 @@ class StreamingConvTranspose1d(_WeightNorm):
             return x.new_zeros(x.shape[0], self.out_channels, 0)
         y = F.conv_transpose1d(x, self.weight().to(x.dtype), None, stride=self.stride)
         if self._stream is not None and self.overlap:
-            y[..., : self.overlap] += self._stream["pending"].to(y.dtype)
-            self._stream["pending"] = y[..., n:].clone()
+            y[..., : self.overlap] += self._stream.pending.to(y.dtype)
+            self._stream.pending = y[..., n:].clone()
         return y[..., :n] + self.bias.to(x.dtype)[:, None]

@@ -22,14 +22,14 @@ bit-identical across chunkings and masked batches, as for the time-domain encode
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .conv import exact_linear
-from .streaming import StreamingModule
+from .streaming import ContextState, PendingState, StreamingModule
 
 EXACT_BLOCK_ROWS = 16  # frames per GEMM block in the exact path (16: one streamed frame wastes 15 rows, not 63)
 
@@ -91,13 +91,13 @@ class CausalSTFT(StreamingModule):
     def features(self) -> int:
         return 3 * self.bins
 
-    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Dict[str, torch.Tensor]:
-        return {"ctx": torch.zeros(batch_size, self.context, device=device, dtype=dtype)}
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> ContextState:
+        return ContextState(torch.zeros(batch_size, self.context, device=device, dtype=dtype))
 
     def _frames(self, x: torch.Tensor) -> torch.Tensor:
         if self._stream is not None:
-            xp = torch.cat([self._stream["ctx"].to(x.dtype), x], dim=-1)
-            self._stream["ctx"] = xp[:, xp.shape[-1] - self.context:].clone()
+            xp = torch.cat([self._stream.ctx.to(x.dtype), x], dim=-1)
+            self._stream.ctx = xp[:, xp.shape[-1] - self.context:].clone()
         else:
             xp = F.pad(x, (self.context, 0))
         return xp.unfold(-1, self.n_fft, self.hop)  # [B, F, n_fft]
@@ -137,15 +137,15 @@ class ConvNeXtBlock(StreamingModule):
         self.pw2 = ExactLinear(hidden, dim)
         self.gamma = nn.Parameter(torch.full((dim,), float(layer_scale)))
 
-    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Dict[str, torch.Tensor]:
-        return {"ctx": torch.zeros(batch_size, self.kernel_size - 1, self.dim, device=device, dtype=dtype)}
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> ContextState:
+        return ContextState(torch.zeros(batch_size, self.kernel_size - 1, self.dim, device=device, dtype=dtype))
 
     def _padded(self, x: torch.Tensor) -> torch.Tensor:
         k = self.kernel_size - 1
         if self._stream is not None:
-            xp = torch.cat([self._stream["ctx"].to(x.dtype), x], dim=1)
+            xp = torch.cat([self._stream.ctx.to(x.dtype), x], dim=1)
             if k:
-                self._stream["ctx"] = xp[:, xp.shape[1] - k:].clone()
+                self._stream.ctx = xp[:, xp.shape[1] - k:].clone()
             return xp
         return F.pad(x, (0, 0, k, 0))
 
@@ -191,8 +191,8 @@ class ISTFTHead(StreamingModule):
         env = (win ** 2).reshape(-1, self.hop).sum(0).mean()
         self.register_buffer("window", win / env, persistent=False)
 
-    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Dict[str, torch.Tensor]:
-        return {"pending": torch.zeros(batch_size, self.delay, device=device, dtype=dtype)}
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> PendingState:
+        return PendingState(torch.zeros(batch_size, self.delay, device=device, dtype=dtype))
 
     def spectrum(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, F, C] -> complex spectrum [B, F, bins]."""
@@ -214,16 +214,16 @@ class ISTFTHead(StreamingModule):
         if self._stream is None:
             return y[:, self.delay:]
         if self.delay:
-            y[:, : self.delay] += self._stream["pending"].to(y.dtype)
-            self._stream["pending"] = y[:, n:].clone()
+            y[:, : self.delay] += self._stream.pending.to(y.dtype)
+            self._stream.pending = y[:, n:].clone()
         return y[:, :n]
 
     def flush(self) -> torch.Tensor:
         """Streaming: the pending ``[B, delay]`` samples (the stream's faded tail); clears them."""
         if self._stream is None:
             raise RuntimeError("flush() needs a streaming state")
-        tail = self._stream["pending"]
-        self._stream["pending"] = torch.zeros_like(tail)
+        tail = self._stream.pending
+        self._stream.pending = torch.zeros_like(tail)
         return tail
 
 

@@ -1,20 +1,52 @@
 """Streaming state for causal layers (one state per layer, per batch slot).
 
-Every :class:`StreamingModule` keeps its own state in ``self._stream`` (``None`` when not streaming):
-a small dict of tensors whose first dimension is the batch slot.  ``start_streaming(batch_size)`` /
-``stop_streaming()`` on any module (usually the whole model) set up / tear down the state of all
-streaming submodules; ``reset_streaming(slot)`` zeroes one slot (or all) without touching the others.
+Every :class:`StreamingModule` keeps its own state in ``self._stream`` (``None`` when not streaming): a typed
+:class:`StreamState` dataclass whose fields are tensors with the batch slot first -- :class:`ContextState`
+(``ctx``: the left context of a causal layer) or :class:`PendingState` (``pending``: overlap-add samples not yet
+emitted), or a layer's own subclass.  ``start_streaming(batch_size)`` / ``stop_streaming()`` on any module
+(usually the whole model) set up / tear down the state of all streaming submodules; ``state.reset(slot)``
+zeroes one slot (or all) without touching the others.
 
 Stream objects (``CodecModel.stream_encoder`` / ``stream_decoder``) own their states and swap them into
 the modules for each call (:func:`get_states` / :func:`set_states`), so several streams can share a model.
 """
 from __future__ import annotations
 
+import dataclasses
 from contextlib import contextmanager
-from typing import Dict, Iterator, List, Optional
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
+
+
+@dataclass
+class StreamState:
+    """Base of the per-layer streaming states: every field is a tensor ``[B, ...]`` (batch slot first)."""
+
+    def items(self) -> List[Tuple[str, torch.Tensor]]:
+        """``(field name, tensor)`` pairs, in field order."""
+        return [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self)]
+
+    def reset(self, slot: Optional[int] = None) -> None:
+        """Zero batch slot ``slot`` of every field (all slots when ``None``)."""
+        for _, v in self.items():
+            (v if slot is None else v[slot]).zero_()
+
+
+@dataclass
+class ContextState(StreamState):
+    """The left context a causal layer keeps between chunks: ``ctx [B, ..., P]`` (layout set by the layer)."""
+
+    ctx: torch.Tensor
+
+
+@dataclass
+class PendingState(StreamState):
+    """Overlap-add samples already computed but due in the next chunk: ``pending [B, ..., overlap]``."""
+
+    pending: torch.Tensor
 
 
 class StreamingModule(nn.Module):
@@ -22,16 +54,16 @@ class StreamingModule(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self._stream: Optional[Dict[str, torch.Tensor]] = None
+        self._stream: Optional[StreamState] = None
 
     @property
     def is_streaming(self) -> bool:
         """True while a streaming state is installed."""
         return self._stream is not None
 
-    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Dict[str, torch.Tensor]:
-        """Fresh (all-zero) state for ``batch_size`` slots; subclasses override."""
-        return {}
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> StreamState:
+        """Fresh (all-zero) state for ``batch_size`` slots; every subclass defines its own."""
+        raise NotImplementedError
 
 
 def streaming_modules(module: nn.Module) -> List[StreamingModule]:
@@ -58,24 +90,12 @@ def stop_streaming(module: nn.Module) -> None:
         m._stream = None
 
 
-def reset_streaming(module: nn.Module, slot: Optional[int] = None) -> None:
-    """Zero the state of batch slot ``slot`` (all slots if None) in every streaming submodule."""
-    for m in streaming_modules(module):
-        if m._stream is None:
-            continue
-        for v in m._stream.values():
-            if slot is None:
-                v.zero_()
-            else:
-                v[slot].zero_()
-
-
-def get_states(module: nn.Module) -> List[Optional[Dict[str, torch.Tensor]]]:
+def get_states(module: nn.Module) -> List[Optional[StreamState]]:
     """Current states (list aligned with :func:`streaming_modules`)."""
     return [m._stream for m in streaming_modules(module)]
 
 
-def set_states(module: nn.Module, states: List[Optional[Dict[str, torch.Tensor]]]) -> None:
+def set_states(module: nn.Module, states: List[Optional[StreamState]]) -> None:
     """Install states previously returned by :func:`get_states`."""
     for m, s in zip(streaming_modules(module), states):
         m._stream = s

@@ -184,6 +184,18 @@ def test_eval_is_deterministic_and_weight_norm_cache_tracks_updates(model):
     with torch.no_grad():
         m.decoder.conv_out.bias.add_(1.0)
     assert torch.allclose(m.decode(c0), y0 + 1.0, atol=1e-5)
+    conv = m.decoder.conv_out
+    with torch.no_grad():  # eval mode without grad: the cached path
+        w0 = conv.weight().clone()
+        assert conv.weight() is conv.weight()  # cached
+        conv.weight_g.mul_(2.0)  # an in-place update of a weight-norm parameter: the folded weight follows
+        assert torch.allclose(conv.weight(), 2 * w0)
+        m.load_state_dict(small_model(seed=3).state_dict())  # loading new values: the cache is dropped
+        assert torch.allclose(conv.weight(), w0)
+        m.double()  # a cast: the cached weight follows the parameters' dtype
+        assert conv.weight().dtype == torch.float64 and torch.allclose(conv.weight(), w0.double())
+    m.float()
+    assert torch.allclose(m.decode(c0), y0, atol=1e-5)  # the reloaded weights decode as before the edits
 
 
 def test_package_exports():

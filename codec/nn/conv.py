@@ -79,8 +79,10 @@ class _WeightNorm(StreamingModule):
         self._cache: Dict[str, object] = {}
 
     def _key(self):
-        return (self.weight_v._version, self.weight_g._version, self.weight_v.data_ptr(), self.weight_g.data_ptr(),
-                self.weight_v.dtype, self.weight_v.device)
+        """What the folded weight depends on: in-place updates (optimizer steps, ``copy_``, ``load_state_dict``)
+        bump the version counters; moves and casts (``.to``, ``.half``) go through :meth:`_apply`, which clears the
+        cache.  No storage pointers, so the module traces under ``torch.export`` / dynamo."""
+        return (self.weight_v._version, self.weight_g._version, self.weight_v.dtype, self.weight_v.device)
 
     def weight(self) -> torch.Tensor:
         """Folded weight ``g * v / ||v||`` (cached in eval mode without grad)."""
@@ -100,6 +102,10 @@ class _WeightNorm(StreamingModule):
     def _load_from_state_dict(self, *args, **kwargs):
         self._cache = {}
         return super()._load_from_state_dict(*args, **kwargs)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._cache = {}
+        return super()._apply(fn, *args, **kwargs)
 
 
 class StreamingConv1d(_WeightNorm):

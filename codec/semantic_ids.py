@@ -37,7 +37,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -287,6 +287,66 @@ def _quantizer(dim: int, levels: int, K: int) -> ResidualVQ:
 
 
 # ---------------------------------------------------------------------------------------------- entry points
+def _normalized(x: torch.Tensor, normalize: Optional[str]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``x [N, D]`` normalised as the ``normalize`` option says -> ``(xn, shift, scale)`` (the per-dimension
+    shift and scale that :class:`SemanticIds` applies to new items; identity for ``l2`` and ``None``)."""
+    D = x.shape[1]
+    if normalize == "standard":
+        shift, scale = x.mean(0), x.std(0, unbiased=False).clamp(min=1e-8)
+        return (x - shift) / scale, shift, scale
+    xn = torch.nn.functional.normalize(x, dim=1) if normalize == "l2" else x
+    return xn, torch.zeros(D), torch.ones(D)
+
+
+def _fit_network(method: str, xn: torch.Tensor, L: int, K: int, seed: int, opts: Dict[str, Any],
+                 assign: Dict[str, Any], rk: Any) -> Tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """Train the RQ-VAE (``rqvae``) or the residual network warm-started from RQ-KMeans ``rk`` (``rqkmeans+``)
+    -> ``(network, codes [N, L], reconstruction [N, D])``."""
+    D = xn.shape[1]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # network and codebook initialisation
+        net = RQVAE(D, latent_dim=int(opts.get("latent_dim", D)), hidden=opts["hidden"], levels=L,
+                    codebook_size=K, residual=(method == "rqkmeans+"), use_ema=bool(opts["use_ema"]),
+                    threshold_ema_dead_code=float(opts["threshold_ema_dead_code"]),
+                    sinkhorn=bool(opts["train_sinkhorn"]), kmeans_iters=int(opts["kmeans_iters"]))
+    if method == "rqkmeans+":
+        net.warm_start(rk)
+        init_epoch = None
+    else:
+        init_epoch = opts["kmeans_init_epoch"]
+    if int(opts["epochs"]) > 0:
+        train_rqvae(net, xn, epochs=int(opts["epochs"]), batch_size=int(opts["batch_size"]), lr=float(opts["lr"]),
+                    weight_decay=float(opts["weight_decay"]), beta=float(opts["beta"]),
+                    beta_warmup_epochs=int(opts["beta_warmup_epochs"]),
+                    codebook_weight=float(opts["codebook_weight"]), recon_weight=float(opts["recon_weight"]),
+                    kmeans_init_epoch=init_epoch, seed=seed)
+    net.eval()
+    with torch.no_grad():
+        if method == "rqkmeans+" and int(opts["epochs"]) == 0:
+            codes = rk.codes  # untrained: exactly the RQ-KMeans codes
+        else:
+            codes = assign_residual(net.latent(xn), net.codebooks(), **assign)
+        recon = net.decode(codes)
+    return net, codes, recon
+
+
+def _fit_method(method: str, xn: torch.Tensor, L: int, K: int, seed: int, opts: Dict[str, Any],
+                assign: Dict[str, Any]) -> Tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """Fit one method on normalised items ``xn [N, D]`` -> ``(model, codes [N, L], reconstruction [N, D])``."""
+    D = xn.shape[1]
+    rk = None
+    if method in ("rqkmeans", "rqkmeans+"):
+        rk = residual_kmeans(xn, L, K, iters=int(opts["iters"]), balance_iters=int(opts["balance_iters"]),
+                             refine_iters=int(opts["refine_iters"]), seed=seed, **assign)
+    if method == "rqkmeans":
+        model = _quantizer(D, L, K)
+        model.load_codebooks(rk.codebooks)
+        codes = rk.codes
+        with torch.no_grad():
+            return model, codes, model.decode(codes)
+    return _fit_network(method, xn, L, K, seed, opts, assign, rk)
+
+
 def fit(embeddings: Any, levels: int = 3, codebook_size: int = 64, method: str = "rqkmeans", seed: int = 0,
         **options: Any) -> SemanticIds:
     """Fit semantic IDs on item embeddings [N, D] (N >= codebook_size).
@@ -320,53 +380,11 @@ def fit(embeddings: Any, levels: int = 3, codebook_size: int = 64, method: str =
     if N < K:
         raise CodecError(f"fitting {K} codes per level needs at least {K} items, got {N}.")
     t0 = time.perf_counter()
-    shift, scale = torch.zeros(D), torch.ones(D)
-    if opts["normalize"] == "standard":
-        shift, scale = x.mean(0), x.std(0, unbiased=False).clamp(min=1e-8)
-        xn = (x - shift) / scale
-    elif opts["normalize"] == "l2":
-        xn = torch.nn.functional.normalize(x, dim=1)
-    else:
-        xn = x
+    xn, shift, scale = _normalized(x, opts["normalize"])
     assign = dict(balance=opts["balance"], balance_levels=opts["balance_levels"],
                   capacity_slack=float(opts["capacity_slack"]), unique_last=bool(opts["unique_last"]),
                   sinkhorn_iters=int(opts["sinkhorn_iters"]), sinkhorn_temperature=float(opts["sinkhorn_temperature"]))
-    model: torch.nn.Module
-    if method in ("rqkmeans", "rqkmeans+"):
-        rk = residual_kmeans(xn, L, K, iters=int(opts["iters"]), balance_iters=int(opts["balance_iters"]),
-                             refine_iters=int(opts["refine_iters"]), seed=seed, **assign)
-    if method == "rqkmeans":
-        model = _quantizer(D, L, K)
-        model.load_codebooks(rk.codebooks)
-        codes = rk.codes
-        with torch.no_grad():
-            recon = model.decode(codes)
-    else:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # network and codebook initialisation
-            net = RQVAE(D, latent_dim=int(opts.get("latent_dim", D)), hidden=opts["hidden"], levels=L,
-                        codebook_size=K, residual=(method == "rqkmeans+"), use_ema=bool(opts["use_ema"]),
-                        threshold_ema_dead_code=float(opts["threshold_ema_dead_code"]),
-                        sinkhorn=bool(opts["train_sinkhorn"]), kmeans_iters=int(opts["kmeans_iters"]))
-        if method == "rqkmeans+":
-            net.warm_start(rk)
-            init_epoch = None
-        else:
-            init_epoch = opts["kmeans_init_epoch"]
-        if int(opts["epochs"]) > 0:
-            train_rqvae(net, xn, epochs=int(opts["epochs"]), batch_size=int(opts["batch_size"]), lr=float(opts["lr"]),
-                        weight_decay=float(opts["weight_decay"]), beta=float(opts["beta"]),
-                        beta_warmup_epochs=int(opts["beta_warmup_epochs"]),
-                        codebook_weight=float(opts["codebook_weight"]), recon_weight=float(opts["recon_weight"]),
-                        kmeans_init_epoch=init_epoch, seed=seed)
-        net.eval()
-        with torch.no_grad():
-            if method == "rqkmeans+" and int(opts["epochs"]) == 0:
-                codes = rk.codes  # untrained: exactly the RQ-KMeans codes
-            else:
-                codes = assign_residual(net.latent(xn), net.codebooks(), **assign)
-            recon = net.decode(codes)
-        model = net
+    model, codes, recon = _fit_method(method, xn, L, K, seed, opts, assign)
     codes = codes.long().cpu()
     all_codes = torch.cat([codes, dedup_column(codes)[:, None]], 1) if opts["dedup"] else codes
     rep = _report(codes, all_codes, xn, recon.float(), K)

@@ -40,7 +40,7 @@ def peak_kb(*argv) -> int:
 def test_memory_flat_for_long_files(tmp_path, monkeypatch):
     monkeypatch.setenv("CODEC_PRETRAINED_DIR", str(tmp_path))  # decode finds the model the files name
     tiny = make_tiny_model_dir(tmp_path / "tiny")
-    sr = 16000  # != model rate for the 24 kHz presets: exercises the streaming resampler too
+    sr = 22050  # the tiny model runs at 16 kHz: encode streams through the resampler, decode back to 22.05 kHz
     write_long_wav(tmp_path / "1min.wav", sr, 60)
     write_long_wav(tmp_path / "10min.wav", sr, 600)
     enc = {}
@@ -50,8 +50,14 @@ def test_memory_flat_for_long_files(tmp_path, monkeypatch):
     dec = {}
     for name in ("1min", "10min"):
         dec[name] = peak_kb("decode", tmp_path / f"{name}.codes", tmp_path / f"{name}.out.wav", "-q")
-    assert sf.info(str(tmp_path / "10min.out.wav")).frames == 600 * sr
-    # 10 min of float32 audio alone is 38 MB at 16 kHz, and offline encoding would also hold every layer
+    from codec.codes_format import read_header
+
+    h = read_header(tmp_path / "10min.codes")
+    assert (h.sample_rate, h.orig_sample_rate) == (16000, sr)  # the resampler ran on the way in
+    assert h.num_frames == -(-600 * 16000 // h.hop_length)
+    info = sf.info(str(tmp_path / "10min.out.wav"))
+    assert (info.samplerate, info.frames) == (sr, 600 * sr)  # and on the way out
+    # 10 min of float32 audio alone is 53 MB at 22.05 kHz, and offline encoding would also hold every layer
     # activation; streaming (with periodic malloc_trim) stays at the 1-min peak.
     print(f"encode peak RSS: 1 min {enc['1min'] / 1024:.1f} MiB, 10 min {enc['10min'] / 1024:.1f} MiB; "
           f"decode: 1 min {dec['1min'] / 1024:.1f} MiB, 10 min {dec['10min'] / 1024:.1f} MiB")

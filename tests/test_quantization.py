@@ -1,5 +1,6 @@
 """Tests for codec.quantization (ResidualVQ, VectorQuantize, kmeans, codebook files, benchmark)."""
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -367,7 +368,14 @@ def test_vector_quantize_single_level():
 
 
 def test_bench_rvq_small():
-    res = bench_rvq(n_frames=2000, num_quantizers=4, codebook_size=64, codebook_dim=8, threads=1, repeats=1,
-                    compare_vqp=False)
-    assert res["ours_fps"] > 0 and res["floor_fps"] > 0 and res["ratio_floor_over_ours"] > 0
-    assert res["vqp_status"] == "skipped"
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        res = bench_rvq(n_frames=2000, num_quantizers=4, codebook_size=64, codebook_dim=8, threads=1, repeats=1,
+                        compare_vqp=False)
+        assert torch.get_num_threads() == 2  # the thread count asked for is set for the run only
+    finally:
+        torch.set_num_threads(before)
+    assert res["threads"] == 1 and (res["n_frames"], res["num_quantizers"], res["codebook_size"]) == (2000, 4, 64)
+    assert res["vqp_status"] == "skipped" and res["vqp_fps"] is None
+    assert all(math.isfinite(res[k]) for k in ("ours_fps", "floor_fps", "ratio_floor_over_ours"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -25,6 +25,52 @@ def _best_time(fn: Callable[[], Any], repeats: int) -> float:
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def _floor_runs(x: torch.Tensor, cbs: torch.Tensor, chunk: int) -> Tuple[Callable[[], None], Callable[[], None]]:
+    """The matmul floor of nearest-code search for ``x [N, D]`` against codebooks ``cbs [L, K, D]``: one
+    ``addmm`` + ``argmin`` per level, over all rows at once and in blocks of ``chunk`` rows."""
+    n_frames = x.shape[0]
+    embT = [cb.t().contiguous().to(x.device) for cb in cbs]
+    c2 = [cb.pow(2).sum(1).to(x.device) for cb in cbs]
+
+    def floor_full() -> None:
+        with torch.inference_mode():
+            for e, c in zip(embT, c2):
+                torch.addmm(c, x, e, alpha=-2.0).argmin(1)
+
+    def floor_chunked() -> None:
+        with torch.inference_mode():
+            for s in range(0, n_frames, chunk):
+                xs = x[s:s + chunk]
+                for e, c in zip(embT, c2):
+                    torch.addmm(c, xs, e, alpha=-2.0).argmin(1)
+
+    return floor_full, floor_chunked
+
+
+def _time_vqp(x: torch.Tensor, D: int, L: int, K: int, repeats: int, vqp_frames: int, t_ours: float) -> Dict[str, Any]:
+    """vector-quantize-pytorch's ResidualVQ timed on the first ``vqp_frames`` rows of ``x [N, D]`` (it is slow;
+    fps is per frame) -> ``vqp_status`` and, when it ran, ``vqp_fps``, ``vqp_frames``, ``speedup_vs_vqp``."""
+    try:
+        from vector_quantize_pytorch import ResidualVQ as VQPResidualVQ  # optional, comparison only
+    except Exception as exc:  # not a dependency
+        return {"vqp_status": f"not installed ({type(exc).__name__})"}
+    n_frames = x.shape[0]
+    try:
+        ref = VQPResidualVQ(dim=D, num_quantizers=L, codebook_size=K, kmeans_init=False).to(x.device).eval()
+        nv = min(n_frames, vqp_frames)
+        xb = x[:nv].unsqueeze(0)  # [1, N, D]
+
+        def vqp() -> Any:
+            with torch.inference_mode():
+                return ref(xb)
+
+        vqp()
+        t_vqp = _best_time(vqp, max(1, repeats - 1)) * (n_frames / nv)
+    except Exception as exc:  # pragma: no cover - depends on the installed version
+        return {"vqp_status": f"failed: {type(exc).__name__}: {exc}"}
+    return {"vqp_status": "ok", "vqp_frames": nv, "vqp_fps": n_frames / t_vqp, "speedup_vs_vqp": t_vqp / t_ours}
 
 
 def bench_rvq(n_frames: int = 100_000, num_quantizers: int = 32, codebook_size: int = 1024, codebook_dim: int = 8,
@@ -64,22 +110,7 @@ def bench_rvq(n_frames: int = 100_000, num_quantizers: int = 32, codebook_size: 
             with torch.inference_mode():
                 return rvq.encode(x3)
 
-        embT = [cb.t().contiguous().to(dev) for cb in cbs]
-        c2 = [cb.pow(2).sum(1).to(dev) for cb in cbs]
-
-        def floor_full() -> None:
-            with torch.inference_mode():
-                for l in range(L):
-                    torch.addmm(c2[l], x, embT[l], alpha=-2.0).argmin(1)
-
-        cs = rvq.chunk_size
-
-        def floor_chunked() -> None:
-            with torch.inference_mode():
-                for s in range(0, n_frames, cs):
-                    xs = x[s:s + cs]
-                    for l in range(L):
-                        torch.addmm(c2[l], xs, embT[l], alpha=-2.0).argmin(1)
+        floor_full, floor_chunked = _floor_runs(x, cbs, rvq.chunk_size)
 
         ours()
         t_ours = _best_time(ours, repeats)
@@ -93,28 +124,7 @@ def bench_rvq(n_frames: int = 100_000, num_quantizers: int = 32, codebook_size: 
             "vqp_fps": None, "vqp_status": "skipped",
         }
         if compare_vqp:
-            try:
-                from vector_quantize_pytorch import ResidualVQ as VQPResidualVQ  # optional, comparison only
-            except Exception as exc:  # not a dependency
-                res["vqp_status"] = f"not installed ({type(exc).__name__})"
-            else:
-                try:
-                    ref = VQPResidualVQ(dim=D, num_quantizers=L, codebook_size=K, kmeans_init=False).to(dev).eval()
-                    nv = min(n_frames, vqp_frames)  # it is slow: time a slice (fps is per frame)
-                    xb = x[:nv].unsqueeze(0)  # [1, N, D]
-
-                    def vqp() -> Any:
-                        with torch.inference_mode():
-                            return ref(xb)
-
-                    vqp()
-                    t_vqp = _best_time(vqp, max(1, repeats - 1)) * (n_frames / nv)
-                    res["vqp_frames"] = nv
-                    res["vqp_fps"] = n_frames / t_vqp
-                    res["vqp_status"] = "ok"
-                    res["speedup_vs_vqp"] = t_vqp / t_ours
-                except Exception as exc:  # pragma: no cover - depends on the installed version
-                    res["vqp_status"] = f"failed: {type(exc).__name__}: {exc}"
+            res.update(_time_vqp(x, D, L, K, repeats, vqp_frames, t_ours))
         return res
     finally:
         torch.set_num_threads(old_threads)

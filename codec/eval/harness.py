@@ -208,6 +208,66 @@ def _parse_int_list(s: Union[str, Sequence[int]]) -> List[int]:
     return sorted(set(v))
 
 
+def _systems(nq_list: Sequence[int], ours_kbps: Sequence[float], base_list: Sequence[Tuple[str, str]],
+             metrics: Sequence[str]) -> List[Dict[str, object]]:
+    """One empty result record per system: the model at each nq, then each baseline setting."""
+    systems: List[Dict[str, object]] = []
+    for q, k in zip(nq_list, ours_kbps):
+        systems.append({"name": f"ours nq={q}", "kind": "model", "nq": q, "nominal_kbps": k,
+                        "per_file": {m: [] for m in list(metrics) + ["kbps"]}})
+    for c, s in base_list:
+        systems.append({"name": f"{c}@{s}", "kind": "baseline", "codec": c, "setting": s,
+                        "per_file": {m: [] for m in list(metrics) + ["kbps"]}})
+    return systems
+
+
+def _score_system(sysd: Dict[str, object], refs: Dict[int, np.ndarray], outs: Dict[str, np.ndarray], sr: int,
+                  metrics: Sequence[str]) -> None:
+    """Score one system on one file and append to its ``per_file`` lists; a baseline is run here (its output
+    joins ``outs``, for the spectrograms), the model's output is already in ``outs``."""
+    from codec.eval import baselines as BL
+
+    name = str(sysd["name"])
+    if sysd["kind"] == "model":
+        est, kb = outs[name], float(sysd["nominal_kbps"])  # type: ignore[arg-type]
+    else:
+        r = BL.run_baseline(str(sysd["codec"]), str(sysd["setting"]), refs[sr], sr)
+        est, kb = r.audio, r.kbps
+        sysd.setdefault("nominal_kbps", r.nominal_kbps)
+        outs[name] = est
+    sc = _score(refs, est, sr, metrics)
+    pf = sysd["per_file"]
+    for m in metrics:
+        pf[m].append(sc[m])  # type: ignore[index]
+    pf["kbps"].append(kb)  # type: ignore[index]
+
+
+def _summarize(systems: List[Dict[str, object]], reference: Dict[str, object], ref_metrics: Sequence[str],
+               metrics: Sequence[str], sr: int, files: Sequence[str], durations: Sequence[float],
+               model_name: Optional[str]) -> Dict[str, object]:
+    """Means and 95% intervals of every system's per-file scores -> the result record :func:`evaluate` returns."""
+    from codec.eval.metrics import summarize
+
+    for sysd in systems:
+        pf = sysd["per_file"]  # type: ignore[assignment]
+        sysd["metrics"] = {m: summarize(pf[m]) for m in metrics}  # type: ignore[index]
+        sysd["kbps"] = float(np.mean(pf["kbps"]))  # type: ignore[index]
+    reference["metrics"] = {m: summarize(v) for m, v in reference["per_file"].items()}  # type: ignore[union-attr]
+    result: Dict[str, object] = {
+        "model": model_name,
+        "sample_rate": sr,
+        "files": files,
+        "durations": durations,
+        "metrics": metrics,
+        "metric_rates": {m: _rate(m, sr) for m in metrics},
+        "systems": systems,
+        "reference": reference if ref_metrics else {},
+        "visqol": VISQOL_ON if "visqol" in metrics else VISQOL_OFF,
+        "confidence": 0.95,
+    }
+    return result
+
+
 def evaluate(inputs: Union[str, Sequence[str]], model: Optional[object] = None,
              nqs: Union[str, Sequence[int]] = (1, 2, 4, 8, 16, 32), baselines: str = "",
              out_dir: Optional[str] = None, max_files: Optional[int] = None, device: Optional[str] = None,
@@ -234,7 +294,6 @@ def evaluate(inputs: Union[str, Sequence[str]], model: Optional[object] = None,
         references; empty without them), "visqol", ...}``
     """
     from codec.eval import baselines as BL
-    from codec.eval.metrics import summarize
 
     t0 = time.time()
     metrics = expand_metrics(list(metrics))
@@ -250,13 +309,7 @@ def evaluate(inputs: Union[str, Sequence[str]], model: Optional[object] = None,
     if mdl is None and not base_list:
         raise CodecError("nothing to evaluate: give --model and/or --baseline.")
 
-    systems: List[Dict[str, object]] = []
-    for q, k in zip(nq_list, ours_kbps):
-        systems.append({"name": f"ours nq={q}", "kind": "model", "nq": q, "nominal_kbps": k,
-                        "per_file": {m: [] for m in metrics + ["kbps"]}})
-    for c, s in base_list:
-        systems.append({"name": f"{c}@{s}", "kind": "baseline", "codec": c, "setting": s,
-                        "per_file": {m: [] for m in metrics + ["kbps"]}})
+    systems = _systems(nq_list, ours_kbps, base_list, metrics)
     rates = [_rate(m, sr) for m in metrics]
     ref_metrics = [m for m in metrics if m in NON_INTRUSIVE]
     reference: Dict[str, object] = {"per_file": {m: [] for m in ref_metrics}}
@@ -271,21 +324,7 @@ def evaluate(inputs: Union[str, Sequence[str]], model: Optional[object] = None,
         durations.append(len(ref) / sr)
         outs = _decode_at_each_nq(mdl, ref, nq_list, dev) if mdl is not None else {}
         for sysd in systems:
-            name = str(sysd["name"])
-            if sysd["kind"] == "model":
-                est = outs[name]
-                kb = float(sysd["nominal_kbps"])
-            else:
-                r = BL.run_baseline(str(sysd["codec"]), str(sysd["setting"]), ref, sr)
-                est = r.audio
-                kb = r.kbps
-                sysd.setdefault("nominal_kbps", r.nominal_kbps)
-                outs[name] = est
-            sc = _score(refs, est, sr, metrics)
-            pf = sysd["per_file"]
-            for m in metrics:
-                pf[m].append(sc[m])  # type: ignore[index]
-            pf["kbps"].append(kb)  # type: ignore[index]
+            _score_system(sysd, refs, outs, sr, metrics)
         for m, v in _score(refs, None, sr, ref_metrics).items():
             reference["per_file"][m].append(v)  # type: ignore[index]
         if fi < n_spectrograms:
@@ -293,24 +332,8 @@ def evaluate(inputs: Union[str, Sequence[str]], model: Optional[object] = None,
         if verbose:
             print(f"[eval] {fi + 1}/{len(files)} {os.path.basename(path)} ({len(ref) / sr:.1f} s)", file=sys.stderr,
                   flush=True)
-    for sysd in systems:
-        pf = sysd["per_file"]  # type: ignore[assignment]
-        sysd["metrics"] = {m: summarize(pf[m]) for m in metrics}  # type: ignore[index]
-        sysd["kbps"] = float(np.mean(pf["kbps"]))  # type: ignore[index]
-    reference["metrics"] = {m: summarize(v) for m, v in reference["per_file"].items()}  # type: ignore[union-attr]
-    result: Dict[str, object] = {
-        "model": model_name,
-        "sample_rate": sr,
-        "files": files,
-        "durations": durations,
-        "metrics": metrics,
-        "metric_rates": {m: _rate(m, sr) for m in metrics},
-        "systems": systems,
-        "reference": reference if ref_metrics else {},
-        "visqol": VISQOL_ON if "visqol" in metrics else VISQOL_OFF,
-        "confidence": 0.95,
-        "wall_time_s": round(time.time() - t0, 2),
-    }
+    result = _summarize(systems, reference, ref_metrics, metrics, sr, files, durations, model_name)
+    result["wall_time_s"] = round(time.time() - t0, 2)
     if out_dir:
         result["plots"] = _write_results(result, spec_examples, out_dir)
     return result

@@ -347,6 +347,10 @@ def test_frozen_generator_trains_only_discriminators_then_finetune_loads_them(wa
     # the warm discriminators go beside the shipped model; the card and training.json say so, without paths
     f = export_discriminators(warm, shipped)
     assert f == shipped / "discriminator.safetensors"
+    from codec.audio import current_umask
+
+    assert f.stat().st_mode & 0o777 == 0o666 & ~current_umask()  # readable like any new file, not 0600
+    assert sorted(p.name for p in shipped.iterdir() if p.name.startswith(".")) == []  # no temp file left
     card = (shipped / "README.md").read_text()
     assert "## Discriminators" in card and "against the frozen generator of init_from" in card
     info = json.loads((shipped / "training.json").read_text())

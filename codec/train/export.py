@@ -159,6 +159,7 @@ def export_discriminators(run_dir: Union[str, Path], out_dir: Union[str, Path], 
     from safetensors.torch import save_file
 
     import codec
+    from codec.audio import atomic_output
 
     from .trainer import load_checkpoint
 
@@ -178,7 +179,8 @@ def export_discriminators(run_dir: Union[str, Path], out_dir: Union[str, Path], 
     meta = {"discriminator": json.dumps(cfg.get("discriminator", {})), "steps": str(state.get("step")),
             "adversarial_loss": str(cfg.get("adversarial", {}).get("loss"))}
     f = out_dir / "discriminator.safetensors"
-    save_file({k: v.contiguous() for k, v in state["disc"].items()}, str(f), metadata=meta)
+    with atomic_output(f) as tmp:  # the usual file mode (safetensors alone writes 0600), never half-written
+        save_file({k: v.contiguous() for k, v in state["disc"].items()}, str(tmp), metadata=meta)
     note = {"steps": state.get("step"), "run_config": cfg, "frozen_generator": bool(cfg.get("train", {}).get(
         "freeze_generator")), "hours": float(state.get("elapsed", 0.0)) / 3600}
     tj = out_dir / "training.json"

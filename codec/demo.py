@@ -112,7 +112,7 @@ def run_demo(args: argparse.Namespace) -> int:
         sdir = next((d for d in dirs if any(d.glob("*.wav"))), dirs[-1])
         samples = sorted(sdir.glob("*.wav"))
         if not samples:
-            raise CodecError(f"no sample found: '{sdir}' has no .wav files; pass --samples FILE.")
+            raise OptionError("samples", "FILE.", lead=f"no sample found: '{sdir}' has no .wav files; pass ")
     for s in samples:
         if not s.is_file():
             raise CodecError(f"input file '{s}' does not exist.")

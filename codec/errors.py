@@ -18,18 +18,19 @@ class CodecError(Exception):
 
 
 class OptionError(CodecError, ValueError):
-    """A bad value for the parameter ``option``: ``str(err)`` is ``"<option> <rest>"``.
+    """A user error about the parameter ``option``: ``str(err)`` is ``"<lead><option> <rest>"``.
 
     Args:
         option: the parameter's Python name (``nq``, ``sample_rate``); the CLI flag is ``--`` + the name with
             dashes for underscores.
-        rest: the rest of the sentence, starting with the value (``"9 is out of range: ..."``).
+        rest: the rest of the sentence after the name (``"9 is out of range: ..."``, ``"DIR."``).
+        lead: words before the name, when the sentence does not start with it (``"...; pass "``).
     """
 
-    def __init__(self, option: str, rest: str) -> None:
-        self.option, self.rest = option, rest
-        super().__init__(f"{option} {rest}")
+    def __init__(self, option: str, rest: str, lead: str = "") -> None:
+        self.option, self.rest, self.lead = option, rest, lead
+        super().__init__(f"{lead}{option} {rest}")
 
     def for_cli(self) -> str:
         """The message as the command line shows it: the parameter named by its flag."""
-        return f"--{self.option.replace('_', '-')} {self.rest}"
+        return f"{self.lead}--{self.option.replace('_', '-')} {self.rest}"

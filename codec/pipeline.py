@@ -564,8 +564,8 @@ def check_output_format(dst: PathLike, sample_rate: int, channels: int, source: 
                          "(use .wav, .flac or .ogg).")
     max_sr, max_ch = _FORMAT_LIMITS[ext]
     if not MIN_SAMPLE_RATE <= sample_rate <= max_sr:
-        raise CodecError(f"cannot write '{dst}': {ext} output supports sample rates {MIN_SAMPLE_RATE} to {max_sr} Hz, "
-                         f"not {sample_rate} Hz (use --sample-rate or .wav).")
+        raise OptionError("sample_rate", "or .wav).", lead=f"cannot write '{dst}': {ext} output supports sample rates "
+                          f"{MIN_SAMPLE_RATE} to {max_sr} Hz, not {sample_rate} Hz (use ")
     if channels > max_ch:
         what = f"'{source}' has {channels} channels" if source else f"{channels} channels"
         raise CodecError(f"cannot write '{dst}': {ext} output holds at most {max_ch} channels and {what} "
@@ -664,12 +664,11 @@ def _plan_decode_job(job: DecodeJob, nq: Optional[int], sample_rate: Optional[in
     else:
         key = h.model_name
         if not key:
-            raise CodecError(f"'{job.src}' does not record which model made it; pass --model DIR.")
+            raise OptionError("model", "DIR.", lead=f"'{job.src}' does not record which model made it; pass ")
         m, label = get_model(h.model_name)
         if isinstance(m, CodecError):
-            raise CodecError(
-                f"'{job.src}' was made with model '{h.model_name}', which is not available here; pass --model DIR."
-            )
+            raise OptionError("model", "DIR.", lead=f"'{job.src}' was made with model '{h.model_name}', which is not "
+                                                    "available here; pass ")
     if isinstance(m, CodecError):
         raise m
     check_codes_match_model(h, m, str(job.src), label)

@@ -33,7 +33,7 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 
-from .errors import CodecError
+from .errors import CodecError, OptionError
 from .model import CodecModel
 
 FORMAT = "codec-model-1"
@@ -92,8 +92,8 @@ def resolve(path_or_name: Optional[PathLike] = None) -> Path:
         for d in search_dirs():
             if (d / DEFAULT_MODEL).is_dir():
                 return d / DEFAULT_MODEL
-        raise CodecError(f"the default model '{DEFAULT_MODEL}' is not installed in pretrained/ yet; "
-                         "pass --model DIR (a directory written by save_pretrained).")
+        raise OptionError("model", "DIR (a directory written by save_pretrained).",
+                          lead=f"the default model '{DEFAULT_MODEL}' is not installed in pretrained/ yet; pass ")
     if isinstance(path_or_name, str) and not path_or_name.strip():
         raise CodecError("the model name is empty.")
     if is_model_name(path_or_name):

@@ -36,3 +36,15 @@ def test_encode_files_names_nq_and_the_cli_names_the_flag(tiny_model, tmp_path, 
                  "--model", tiny_model.model_dir]) == 2
     err = capsys.readouterr().err
     assert err == f"codec: error: --nq {top + 1} is out of range: this model has levels 1 to {top}.\n"
+
+
+def test_missing_default_model_names_the_parameter_in_python(tmp_path, monkeypatch):
+    import codec.pretrained as pre
+
+    monkeypatch.setenv("CODEC_PRETRAINED_DIR", str(tmp_path / "empty"))
+    monkeypatch.setattr(pre, "repo_pretrained_dir", lambda: tmp_path / "pretrained")
+    with pytest.raises(OptionError) as info:
+        pre.resolve(None)
+    assert "--" not in str(info.value) and str(info.value).endswith(
+        "yet; pass model DIR (a directory written by save_pretrained).")
+    assert info.value.for_cli().endswith("yet; pass --model DIR (a directory written by save_pretrained).")

@@ -199,7 +199,7 @@ def test_cli_help_lists_flags_and_examples(capsys):
     (["{clips}", "--model", "{model}", "--nq", "0"], "--nq values must be positive integers, not '0'."),
     (["{clips}", "--model", "{model}", "--nq", "1,x"], "--nq must be a comma-separated list of integers, not '1,x'."),
     (["{clips}", "--model", "{model}", "--nq", "1,16"], "--nq 16 exceeds the model's 8 quantizers."),
-    (["{clips}"], "nothing to evaluate: give --model and/or --baseline."),
+    (["{clips}"], "nothing to evaluate: give a --model and/or baselines."),
     (["{clips}", "--model", "{model}", "--metrics", "pesq,mos"],
      "unknown metric 'mos' (choose from pesq, stoi, mel, sisdr, dnsmos, distillmos, spk_sim, visqol)."),
     (["{clips}", "--baseline", "opus@3"], "Opus supports 6..510 kbps, not 3."),

@@ -307,7 +307,7 @@ def evaluate(inputs: Union[str, Sequence[str]], model: Optional[object] = None,
     for c in sorted({c for c, _ in base_list}):
         BL.check_available(c)
     if mdl is None and not base_list:
-        raise CodecError("nothing to evaluate: give --model and/or --baseline.")
+        raise OptionError("model", "and/or baselines.", lead="nothing to evaluate: give a ")
 
     systems = _systems(nq_list, ours_kbps, base_list, metrics)
     rates = [_rate(m, sr) for m in metrics]

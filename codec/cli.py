@@ -158,12 +158,16 @@ def _warn(msg: str) -> None:
     print(f"{PROG}: warning: {msg}", file=sys.stderr)
 
 
+def _bar_shown(args: argparse.Namespace) -> bool:
+    """Whether a progress bar is drawn: stdout is a terminal and --quiet is not given."""
+    return not getattr(args, "quiet", False) and sys.stdout.isatty()
+
+
 def _progress_bar(args: argparse.Namespace, total: Optional[float], desc: str):
     """A tqdm bar in seconds of audio; disabled with --quiet or when stdout is not a terminal."""
     from tqdm import tqdm
 
-    disable = bool(getattr(args, "quiet", False)) or not sys.stdout.isatty()
-    return tqdm(total=total, unit="s", desc=desc, disable=disable, leave=False,
+    return tqdm(total=total, unit="s", desc=desc, disable=not _bar_shown(args), leave=False,
                 bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]" if total else None)
 
 
@@ -225,7 +229,7 @@ def _run_file_jobs(args: argparse.Namespace, pairs: Sequence[Tuple[Path, Path]],
     Returns 0, or 2 when any file failed.
     """
     total = 0.0
-    for src, _ in pairs:
+    for src, _ in pairs if _bar_shown(args) else ():  # only an interactive bar reads headers ahead of the jobs
         try:
             total += seconds(src)
         except CodecError:

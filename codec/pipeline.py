@@ -148,18 +148,7 @@ def codes_header(model, nq: int, num_frames: int, channels: int, orig_channels: 
 
 def _model_facts(model) -> Tuple[int, int, int, int]:
     """(sample_rate, hop_length, codebook_size, num_quantizers) of a CodecModel."""
-    sr = int(model.sample_rate)
-    hop = int(model.hop_length)
-    nq = int(model.num_quantizers)
-    cb = None
-    cfg = getattr(model, "config", None) or getattr(model, "cfg", None)
-    for obj, attr in ((model, "codebook_size"), (cfg, "codebook_size"), (getattr(model, "quantizer", None), "codebook_size")):
-        if obj is not None and getattr(obj, attr, None) is not None:
-            cb = int(getattr(obj, attr))
-            break
-    if cb is None:
-        raise CodecError("cannot determine the model's codebook size.")
-    return sr, hop, cb, nq
+    return int(model.sample_rate), int(model.hop_length), int(model.codebook_size), int(model.num_quantizers)
 
 
 def _model_device(model):

@@ -324,3 +324,25 @@ def test_bench_encodec_without_the_package(monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("codec: error: codec bench encodec needs the 'encodec' package and torchaudio "
                           "(pip install encodec torchaudio==2.11.0)")
+
+
+def test_each_input_is_opened_once_without_a_progress_bar(tmp_path, tiny, monkeypatch):
+    """Not on a terminal (no bar), encode reads no header ahead: every input file is opened exactly once."""
+    import codec.audio as audio
+    import codec.pipeline as pipeline
+
+    opened = []
+    real = pipeline.AudioReader
+
+    def counting(path, *a, **kw):
+        opened.append(Path(path).name)
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(pipeline, "AudioReader", counting)
+    monkeypatch.setattr(audio, "audio_info", lambda *a, **kw: pytest.fail("read ahead for a hidden bar"))
+    d = tmp_path / "in"
+    d.mkdir()
+    for n in ("a", "b", "c"):
+        write_wav(d / f"{n}.wav", 16000, 0.3)
+    assert run("encode", d, tmp_path / "out", "--model", tiny, "--batch-size", 2) == 0
+    assert sorted(opened) == ["a.wav", "b.wav", "c.wav"]

@@ -139,20 +139,17 @@ def save_pretrained(model: CodecModel, directory: PathLike) -> str:
     Returns the weights hash (also set on ``model.weights_hash``)."""
     from safetensors.torch import save_file
 
+    from .audio import atomic_output
+
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     cfg = dict(model.config.to_dict())
     cfg["format"] = FORMAT
     sd = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    tmp_w = d / (WEIGHTS_NAME + ".tmp")
-    save_file(sd, str(tmp_w), metadata={"format": FORMAT})
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_w, 0o666 & ~umask)  # the safetensors writer creates files readable by the owner only
-    os.replace(tmp_w, d / WEIGHTS_NAME)
-    tmp_c = d / (CONFIG_NAME + ".tmp")
-    tmp_c.write_text(json.dumps(cfg, indent=2) + "\n")
-    os.replace(tmp_c, d / CONFIG_NAME)
+    with atomic_output(d / WEIGHTS_NAME) as tmp:  # the usual file mode (safetensors alone writes 0600)
+        save_file(sd, str(tmp), metadata={"format": FORMAT})
+    with atomic_output(d / CONFIG_NAME) as tmp:
+        tmp.write_text(json.dumps(cfg, indent=2) + "\n")
     h = file_hash(d / WEIGHTS_NAME)
     model.weights_hash = h
     return h

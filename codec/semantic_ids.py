@@ -244,6 +244,9 @@ class SemanticIds:
         """Write ``semantic_ids.json`` (settings, report) and ``semantic_ids.safetensors`` (codes, normalisation,
         model tensors) into ``directory`` (created).  Never pickle."""
         from safetensors.torch import save_file
+
+        from .audio import atomic_output
+
         d = os.fspath(directory)
         try:
             os.makedirs(d, exist_ok=True)
@@ -257,10 +260,10 @@ class SemanticIds:
                 "codebook_size": self.codebook_size, "input_dim": self.input_dim, "options": self.options,
                 "model_config": self.model.config() if isinstance(self.model, RQVAE) else None,
                 "report": self._report}
-        save_file(tensors, os.path.join(d, TENSORS_NAME))
-        with open(os.path.join(d, CONFIG_NAME), "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=2)
-            f.write("\n")
+        with atomic_output(os.path.join(d, TENSORS_NAME)) as tmp:  # never half-written, the usual file mode
+            save_file(tensors, str(tmp))
+        with atomic_output(os.path.join(d, CONFIG_NAME)) as tmp:
+            tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
     def __repr__(self) -> str:
         r = self._report

@@ -136,3 +136,24 @@ def test_to_mono():
     assert m.shape == (1, 5) and np.allclose(m, 0.25)
     assert to_mono(np.zeros(7)).shape == (1, 7)
     assert to_mono(x[:1]) is not None and to_mono(x[:1]).shape == (1, 5)
+
+
+def test_every_model_file_writer_leaves_the_usual_mode(tmp_path):
+    """save_pretrained, save_codebooks and semantic IDs go through the one atomic writer: no 0600 files
+    (what safetensors alone creates), no temp files left."""
+    import torch
+
+    from codec import CodecConfig, CodecModel, save_pretrained
+    from codec.audio import current_umask
+    from codec.semantic_ids import fit
+
+    torch.manual_seed(0)
+    m = CodecModel(CodecConfig.preset("tiny"))
+    save_pretrained(m, str(tmp_path / "model"))
+    m.quantizer.save_codebooks(tmp_path / "cb.safetensors")
+    m.quantizer.save_codebooks(tmp_path / "cb.npz")
+    fit(torch.randn(64, 8), levels=2, codebook_size=8).save(tmp_path / "ids")
+    files = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    assert not [p.name for p in files if p.name.startswith(".")]
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == \
+        {p.name: oct(0o666 & ~current_umask()) for p in files}

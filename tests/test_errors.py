@@ -48,3 +48,4 @@ def test_missing_default_model_names_the_parameter_in_python(tmp_path, monkeypat
     assert "--" not in str(info.value) and str(info.value).endswith(
         "yet; pass model DIR (a directory written by save_pretrained).")
     assert info.value.for_cli().endswith("yet; pass --model DIR (a directory written by save_pretrained).")
+

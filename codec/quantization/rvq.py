@@ -437,17 +437,20 @@ class ResidualVQ(nn.Module):
     def save_codebooks(self, path: Union[str, os.PathLike]) -> None:
         """Write the codebooks [L, K, D] to ``.npy``, ``.npz`` (key ``codebooks``) or ``.safetensors``
         (key ``codebooks``)."""
+        from codec.audio import atomic_output
+
         arr = self.codebook_array()
         p = str(path)
-        if p.endswith(".safetensors"):
-            from safetensors.torch import save_file
-            save_file({"codebooks": arr.contiguous()}, p)
-        elif p.endswith(".npz"):
-            np.savez(p, codebooks=arr.numpy())
-        elif p.endswith(".npy"):
-            np.save(p, arr.numpy())
-        else:
+        if not p.endswith((".safetensors", ".npz", ".npy")):
             raise ValueError(f"unsupported codebook file extension: {p} (use .npy, .npz or .safetensors)")
+        with atomic_output(p) as tmp:  # never half-written, the usual file mode
+            if p.endswith(".safetensors"):
+                from safetensors.torch import save_file
+                save_file({"codebooks": arr.contiguous()}, str(tmp))
+            elif p.endswith(".npz"):
+                np.savez(str(tmp), codebooks=arr.numpy())
+            else:
+                np.save(str(tmp), arr.numpy())
 
     @torch.no_grad()
     def load_codebooks(self, path: Union[str, os.PathLike, np.ndarray, torch.Tensor]) -> None:

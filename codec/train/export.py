@@ -135,7 +135,10 @@ def export_run(run_dir: Union[str, Path], out_dir: Union[str, Path], checkpoint:
     if state.get("disc") is not None:
         from safetensors.torch import save_file
 
-        save_file({k: v.contiguous() for k, v in state["disc"].items()}, str(out_dir / "discriminator.safetensors"))
+        from codec.audio import atomic_output
+
+        with atomic_output(out_dir / "discriminator.safetensors") as tmp:
+            save_file({k: v.contiguous() for k, v in state["disc"].items()}, str(tmp))
     (out_dir / "README.md").write_text(model_card(state, name or out_dir.name))
     (out_dir / "training.json").write_text(json.dumps({
         "checkpoint": ck.name, "step": state.get("step"), "best_metrics": state.get("best_metrics"),

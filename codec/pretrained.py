@@ -133,10 +133,12 @@ def file_hash(path: PathLike) -> str:
     return h.hexdigest()[:16]
 
 
-def save_pretrained(model: CodecModel, directory: PathLike) -> str:
+def save_pretrained(model: CodecModel, directory: PathLike, half: bool = False) -> str:
     """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created); keeps an existing README.md.
 
-    Returns the weights hash (also set on ``model.weights_hash``)."""
+    ``half`` stores the floating-point tensors as float16 (half the file; :func:`load` upcasts them to float32,
+    so outputs differ from the float32 model's by float16 rounding of the weights). Returns the weights hash
+    (also set on ``model.weights_hash``)."""
     from safetensors.torch import save_file
 
     from .audio import atomic_output
@@ -146,6 +148,8 @@ def save_pretrained(model: CodecModel, directory: PathLike) -> str:
     cfg = dict(model.config.to_dict())
     cfg["format"] = FORMAT
     sd = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    if half:
+        sd = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
     with atomic_output(d / WEIGHTS_NAME) as tmp:  # the usual file mode (safetensors alone writes 0600)
         save_file(sd, str(tmp), metadata={"format": FORMAT})
     with atomic_output(d / CONFIG_NAME) as tmp:

@@ -337,6 +337,17 @@ def _roundtrip(codec: str, setting: str, nominal_kbps: float, wav: np.ndarray, s
                           total * 8 / secs / 1000, lag, dict(extra, gain_db=round(20 * float(np.log10(gain)), 2)))
 
 
+def opus_encode(src: str, dst: str, kbps: float, backend: Optional[str] = None) -> None:
+    """Encode the wav file ``src`` to the Ogg Opus file ``dst`` (VBR, ``kbps`` target, 20 ms frames) with
+    opus-tools or ffmpeg (``backend`` as :func:`check_available` names it; found when ``None``)."""
+    backend = backend or check_available("opus")
+    if backend == "opus-tools":
+        _run(["opusenc", "--quiet", "--bitrate", f"{kbps:g}", "--vbr", "--framesize", "20", src, dst], "opusenc")
+    else:
+        _ffmpeg(["-i", _fp(src), "-c:a", "libopus", "-b:a", f"{int(kbps * 1000)}", "-vbr", "on",
+                 "-frame_duration", "20", _fp(dst)], "ffmpeg libopus")
+
+
 def opus(wav: np.ndarray, sample_rate: int, kbps: float, tmpdir: Optional[str] = None,
          level_db: Optional[float] = SPEECH_LEVEL_DB) -> BaselineResult:
     """Opus (VBR, ``kbps`` target, 20 ms frames) round trip of a mono signal ``[T]``."""
@@ -348,12 +359,10 @@ def opus(wav: np.ndarray, sample_rate: int, kbps: float, tmpdir: Optional[str] =
     def encode_decode(y: np.ndarray, td: str) -> Tuple[np.ndarray, int, float, int, int]:
         src, enc, dec = (os.path.join(td, n) for n in ("in.wav", "enc.opus", "dec.wav"))
         sf.write(src, _to_pcm16(y), sr_enc, subtype="PCM_16")
+        opus_encode(src, enc, kbps, backend)
         if backend == "opus-tools":
-            _run(["opusenc", "--quiet", "--bitrate", f"{kbps:g}", "--vbr", "--framesize", "20", src, enc], "opusenc")
             _run(["opusdec", "--quiet", "--rate", "48000", enc, dec], "opusdec")
         else:
-            _ffmpeg(["-i", _fp(src), "-c:a", "libopus", "-b:a", f"{int(kbps * 1000)}", "-vbr", "on",
-                     "-frame_duration", "20", _fp(enc)], "ffmpeg libopus")
             _ffmpeg(["-i", _fp(enc), "-ar", "48000", _fp(dec)], "ffmpeg opus")
         with open(enc, "rb") as f:
             data = f.read()

@@ -24,6 +24,7 @@ EPILOG = """examples (the recipes read their data from ${CODEC_DATA}, the corpus
   CODEC_DATA=/path/to/corpus torchrun --nproc_per_node 4 -m codec.train recipes/speech-24k.yaml
   codec train recipes/speech-24k-finetune.yaml data.train=my.jsonl data.valid=my_valid.jsonl   # fine-tune
   codec train --export runs/speech-24k pretrained/my-model  # best checkpoint -> model dir + README.md
+  codec train --export runs/speech-24k pretrained/my-model --half   # float16 weights, as shipped
   codec train --export runs/speech-24k-disc-warmup pretrained/speech-24k --discriminators-only
 
 Overrides are dotted section.key=value pairs (values parsed as YAML); CodecConfig fields go to
@@ -44,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--export", nargs=2, metavar=("RUN_DIR", "OUT_DIR"), default=None,
                         help="export the best checkpoint of RUN_DIR as a save_pretrained directory and exit")
     parser.add_argument("--checkpoint", default="best", help="with --export: 'best', 'latest' or a file")
+    parser.add_argument("--half", action="store_true",
+                        help="with --export: store float16 weights (half the file; loading upcasts them)")
     parser.add_argument("--discriminators-only", action="store_true",
                         help="with --export: add the run's discriminator.safetensors to the model already in "
                         "OUT_DIR (its weights must be the run's generator, as after train.freeze_generator)")
@@ -58,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         if args.discriminators_only:
             out = export_discriminators(args.export[0], args.export[1], checkpoint=args.checkpoint)
         else:
-            out = export_run(args.export[0], args.export[1], checkpoint=args.checkpoint)
+            out = export_run(args.export[0], args.export[1], checkpoint=args.checkpoint, half=args.half)
         print(f"exported {out}")
         return 0
     if not args.config:

@@ -114,8 +114,9 @@ def model_card(state: Dict[str, Any], name: str) -> str:
 
 
 def export_run(run_dir: Union[str, Path], out_dir: Union[str, Path], checkpoint: str = "best",
-               name: Optional[str] = None) -> Path:
-    """Export ``run_dir``'s best (or ``checkpoint``) state to ``out_dir``; returns ``out_dir``."""
+               name: Optional[str] = None, half: bool = False) -> Path:
+    """Export ``run_dir``'s best (or ``checkpoint``) state to ``out_dir`` (``half``: float16 weights, as
+    shipped in ``pretrained/``); returns ``out_dir``."""
     from .trainer import build_model, load_checkpoint
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
@@ -131,7 +132,7 @@ def export_run(run_dir: Union[str, Path], out_dir: Union[str, Path], checkpoint:
     model.load_state_dict(weights)
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_pretrained(model, str(out_dir))
+    save_pretrained(model, str(out_dir), half=half)
     if state.get("disc") is not None:
         from safetensors.torch import save_file
 
@@ -216,15 +217,16 @@ def _model_from_state(state: Dict[str, Any], model_cfg: Dict[str, Any]):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m codec.train.export RUN_DIR OUT_DIR [--checkpoint best|latest|FILE]``."""
+    """``python -m codec.train.export RUN_DIR OUT_DIR [--checkpoint best|latest|FILE] [--half]``."""
     p = argparse.ArgumentParser(prog="python -m codec.train.export", description=__doc__.split("\n")[0])
     p.add_argument("run_dir")
     p.add_argument("out_dir")
     p.add_argument("--checkpoint", default="best")
     p.add_argument("--name", default=None)
+    p.add_argument("--half", action="store_true", help="store float16 weights (loading upcasts them)")
     args = p.parse_args(argv)
     try:
-        out = export_run(args.run_dir, args.out_dir, args.checkpoint, args.name)
+        out = export_run(args.run_dir, args.out_dir, args.checkpoint, args.name, half=args.half)
     except CodecError as exc:
         print(f"codec: error: {exc}", file=sys.stderr)
         return 2

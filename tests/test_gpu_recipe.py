@@ -1,0 +1,118 @@
+"""The GPU time-box recipe (recipes/gpu): the travelling pack round-trips, respects its budget, and the device
+driver trains, times itself and hands back a float16 model, all checked here on the CPU."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import codec
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(f"gpu_{name}", REPO / "recipes" / "gpu" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+pack_mod = _module("pack")
+
+
+def _voiced(seconds: float, f0: float, sr: int = 24000) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    x = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 12))
+    return (0.2 * x * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+
+
+def _corpus(root: Path, n_train: int = 4) -> tuple:
+    rows = []
+    for i in range(n_train):
+        p = root / f"t{i}.wav"
+        sf.write(p, _voiced(1.5 + 0.5 * i, 110 + 20 * i), 24000)
+        rows.append({"path": p.name, "duration": 1.5 + 0.5 * i, "speaker": f"s{i % 2}"})
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sf.write(root / "v0.wav", _voiced(1.2, 150), 24000)
+    (root / "valid.jsonl").write_text(json.dumps({"path": "v0.wav", "duration": 1.2}) + "\n")
+    return root / "train.jsonl", root / "valid.jsonl"
+
+
+def test_pack_round_trip_keeps_durations_and_lossless_validation(tmp_path):
+    train, valid = _corpus(tmp_path)
+    info = pack_mod.pack(train, valid, tmp_path / "pack", kbps=16, budget_mib=1.0, wheels=False, jobs=1)
+    assert info["train_clips"] == 4 and info["valid_clips"] == 1 and info["bytes"] <= 2 ** 20
+    assert sorted(p.suffix for p in (tmp_path / "pack" / "train").iterdir()) == [".opus"] * 4
+    out = pack_mod.unpack(tmp_path / "pack", tmp_path / "data", sample_rate=24000, jobs=1)
+    assert out["train"]["clips"] == 4 and out["valid"]["clips"] == 1
+    rows = [json.loads(l) for l in (tmp_path / "data" / "train.jsonl").read_text().splitlines()]
+    want = sorted(1.5 + 0.5 * i for i in range(4))
+    assert sorted(r["duration"] for r in rows) == pytest.approx(want, abs=0.01)
+    y, sr = sf.read(tmp_path / "data" / rows[0]["path"])
+    assert sr == 24000 and np.abs(y).max() > 0.05  # decoded audio, not silence
+    v = json.loads((tmp_path / "data" / "valid.jsonl").read_text())
+    x, _ = sf.read(tmp_path / "data" / v["path"], dtype="float32")
+    ref = _voiced(1.2, 150)
+    assert np.abs(x - ref).max() < 1e-3  # FLAC, 16 bit: the validation references are not Opus-coded
+
+
+def test_pack_stops_at_the_budget_and_refuses_a_budget_too_small(tmp_path):
+    train, valid = _corpus(tmp_path, n_train=6)
+    full = pack_mod.pack(train, valid, tmp_path / "full", budget_mib=1.0, wheels=False, jobs=1)
+    valid_bytes = sum(f.stat().st_size for f in (tmp_path / "full" / "valid").iterdir())
+    train_bytes = sorted(f.stat().st_size for f in (tmp_path / "full" / "train").iterdir())
+    budget = (valid_bytes + 3000 + sum(train_bytes) // 2) / 2 ** 20
+    part = pack_mod.pack(train, valid, tmp_path / "part", budget_mib=budget, wheels=False, jobs=1)
+    assert 0 < part["train_clips"] < full["train_clips"]
+    listed = {json.loads(l)["path"] for l in (tmp_path / "part" / "train.jsonl").read_text().splitlines()}
+    assert {f"train/{f.name}" for f in (tmp_path / "part" / "train").iterdir()} == listed  # no stray files
+    with pytest.raises(SystemExit, match="already take .* MiB of the 0.0001 MiB budget; raise --budget-mib"):
+        pack_mod.pack(train, valid, tmp_path / "tiny", budget_mib=0.0001, wheels=False, jobs=1)
+    with pytest.raises(SystemExit, match="exists and is not empty"):
+        pack_mod.pack(train, valid, tmp_path / "full", budget_mib=1.0, wheels=False, jobs=1)
+
+
+def test_device_driver_trains_in_its_time_box_and_returns_a_half_model(tmp_path):
+    train, valid = _corpus(tmp_path)
+    pack_mod.pack(train, valid, tmp_path / "pack", budget_mib=1.0, wheels=False, jobs=1)
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(REPO / "recipes" / "gpu" / "run.py"), "--pack", str(tmp_path / "pack"),
+           "--out", str(out), "--work", str(tmp_path / "work"), "--minutes", "0.2", "--probe-steps", "2",
+           "--reserve-s", "0", "train.device=cpu", "data.batch_size=2", "data.num_workers=0", "data.valid_items=1",
+           "train.valid_nq=[8]", "train.threads=1"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    summary = json.loads((out / "run.json").read_text())
+    assert summary["steps"] >= 1 and summary["batch"] == 2 and summary["pack"]["train_clips"] == 4
+    assert "steps/s" in r.stdout and f"-> {summary['steps']} steps" in r.stdout
+    steps = [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == summary["steps"]  # the schedule was sized to the box and ran to its end
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model" / "model.safetensors"), "pt") as h:
+        dtypes = {h.get_tensor(k).dtype for k in h.keys()}
+    assert torch.float16 in dtypes and torch.float32 not in dtypes
+    m = codec.load(out / "model")
+    assert next(m.parameters()).dtype == torch.float32
+
+
+def test_export_half_halves_the_file_and_decodes_like_the_float32_model(tmp_path):
+    m = codec.CodecModel(codec.CodecConfig.preset("tiny")).eval()
+    codec.save_pretrained(m, tmp_path / "f32")
+    codec.save_pretrained(m, tmp_path / "f16", half=True)
+    a, b = (tmp_path / d / "model.safetensors" for d in ("f32", "f16"))
+    assert b.stat().st_size < 0.6 * a.stat().st_size
+    m16 = codec.load(tmp_path / "f16")
+    x = torch.from_numpy(_voiced(0.5, 140, m.config.sample_rate))[None, None]
+    with torch.no_grad():
+        codes = m.encode(x)
+        y32, y16 = m.decode(codes), m16.decode(codes)
+    assert (y32 - y16).abs().max() < 2e-2 * y32.abs().max()

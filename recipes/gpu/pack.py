@@ -16,7 +16,8 @@ librosa and what they need; ``pip download`` needs the network). Layout of the p
 ``unpack`` decodes the Opus files to 16-bit wav at ``--sample-rate`` (all cores) and writes ``train.jsonl`` /
 ``valid.jsonl`` manifests beside them, which ``codec train`` reads as ``data.train`` / ``data.valid``.
 Training audio is lossy (Opus at 16 kbps is close to transparent for wideband speech, not for music); the
-validation audio is not.
+validation audio is not. The pack folder is git-ignored (``gpu-pack/``): a tool that copies the working tree
+to the GPU machine must be told to take it along (with this project's device tool: ``carry: ["gpu-pack"]``).
 """
 from __future__ import annotations
 

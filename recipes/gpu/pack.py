@@ -29,8 +29,9 @@ import subprocess
 import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
@@ -42,17 +43,6 @@ WHEELS = ("soundfile==0.13.1", "cffi==2.1.1", "pycparser==3.12", "soxr==1.1.0", 
           "audioread==3.1.0", "decorator==5.3.1", "pooch==1.9.0", "platformdirs==4.14.9", "pystoi==0.4.1")
 #: the device's Python (the image's python3)
 DEVICE_PYTHON = "3.12"
-
-
-def _read_manifest(path: Path) -> List[Dict]:
-    items = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            if not os.path.isabs(rec["path"]):
-                rec["path"] = str((path.parent / rec["path"]).resolve())
-            items.append(rec)
-    return items
 
 
 def _write_manifest(path: Path, rows: Sequence[Dict]) -> None:
@@ -88,12 +78,15 @@ def _kept(item: Dict, path: str) -> Dict:
     return {**{k: v for k, v in item.items() if k in ("duration", "speaker", "id")}, "path": path}
 
 
-def _map(fn, jobs_list: Sequence, jobs: int) -> List:
-    """``fn`` over ``jobs_list`` in ``jobs`` processes (0: one per core; 1: in this process)."""
+@contextmanager
+def _mapper(jobs: int) -> Iterator[Callable[[Callable, Sequence], List]]:
+    """A ``map(fn, jobs_list) -> list`` over ``jobs`` worker processes (0: one per core; 1: in this process),
+    with one pool for the whole ``with`` block."""
     if jobs == 1:
-        return [fn(j) for j in jobs_list]
+        yield lambda fn, jobs_list: [fn(j) for j in jobs_list]
+        return
     with ProcessPoolExecutor(max_workers=jobs or None) as ex:
-        return list(ex.map(fn, jobs_list, chunksize=8))
+        yield lambda fn, jobs_list: list(ex.map(fn, jobs_list, chunksize=8))
 
 
 def _tree_bytes(root: Path) -> int:
@@ -104,13 +97,15 @@ def pack(train: Path, valid: Path, out: Path, kbps: float = 16.0, budget_mib: fl
          wheels: bool = True, jobs: int = 0, seed: int = 0) -> Dict:
     """Build the pack in ``out`` (see the module docstring); returns the ``pack.json`` record."""
     from codec.audio import load_audio, save_audio
+    from codec.train.data import read_items
 
     if out.exists() and any(out.iterdir()):
         raise SystemExit(f"pack: '{out}' exists and is not empty; remove it or pick another folder.")
+    items, valid_items = read_items(train), read_items(valid)  # refused before anything is written
     (out / "train").mkdir(parents=True, exist_ok=True)
     (out / "valid").mkdir(exist_ok=True)
     vrows = []
-    for i, it in enumerate(_read_manifest(valid)):
+    for i, it in enumerate(valid_items):
         x, sr = load_audio(it["path"])
         name = f"valid/{i:04d}.flac"
         save_audio(out / name, x.mean(axis=0), sr, subtype="PCM_16")
@@ -122,23 +117,23 @@ def pack(train: Path, valid: Path, out: Path, kbps: float = 16.0, budget_mib: fl
     if budget <= 0:
         raise SystemExit(f"pack: the validation clips and wheels already take {_tree_bytes(out) / 2 ** 20:.1f} MiB "
                          f"of the {budget_mib:g} MiB budget; raise --budget-mib.")
-    items = _read_manifest(train)
     random.Random(seed).shuffle(items)
     rows, used, full = [], 0, False
     chunk = max(1, jobs or os.cpu_count() or 1) * 16
-    for start in range(0, len(items), chunk):
-        part = items[start:start + chunk]
-        names = [f"train/{start + j:05d}.opus" for j in range(len(part))]
-        sizes = _map(_encode_one, [(it["path"], str(out / n), kbps) for it, n in zip(part, names)], jobs)
-        for it, name, size in zip(part, names, sizes):
-            full = full or used + size > budget
-            if full:  # the budget is spent: this clip and every later one stay out
-                (out / name).unlink()
-                continue
-            used += size
-            rows.append(_kept(it, name))
-        if full:
-            break
+    with _mapper(jobs) as run:
+        for start in range(0, len(items), chunk):
+            part = items[start:start + chunk]
+            names = [f"train/{start + j:05d}.opus" for j in range(len(part))]
+            sizes = run(_encode_one, [(it["path"], str(out / n), kbps) for it, n in zip(part, names)])
+            for it, name, size in zip(part, names, sizes):
+                full = full or used + size > budget
+                if full:  # the budget is spent: this clip and every later one stay out
+                    (out / name).unlink()
+                    continue
+                used += size
+                rows.append(_kept(it, name))
+            if full:
+                break
     if not rows:
         raise SystemExit(f"pack: not one training clip fits in {budget_mib:g} MiB; raise --budget-mib.")
     _write_manifest(out / "train.jsonl", rows)
@@ -162,17 +157,20 @@ def _decode_one(job: Tuple[str, str, int]) -> float:
 
 def unpack(pack_dir: Path, out: Path, sample_rate: int = 24000, jobs: int = 0) -> Dict:
     """Decode ``pack_dir`` into ``out`` (wav files + ``train.jsonl`` / ``valid.jsonl``); returns counts."""
+    from codec.train.data import read_items
+
     out.mkdir(parents=True, exist_ok=True)
     result = {}
-    for split in ("train", "valid"):
-        rows = _read_manifest(pack_dir / f"{split}.jsonl")
-        (out / split).mkdir(exist_ok=True)
-        dsts = [str(out / split / (Path(r["path"]).stem + ".wav")) for r in rows]
-        durs = _map(_decode_one, [(r["path"], d, sample_rate) for r, d in zip(rows, dsts)], jobs)
-        new = [dict(r, path=os.path.relpath(d, out), duration=round(t, 4), sample_rate=sample_rate)
-               for r, d, t in zip(rows, dsts, durs)]
-        _write_manifest(out / f"{split}.jsonl", new)
-        result[split] = {"clips": len(new), "hours": round(sum(durs) / 3600, 3)}
+    with _mapper(jobs) as run:
+        for split in ("train", "valid"):
+            rows = read_items(pack_dir / f"{split}.jsonl")
+            (out / split).mkdir(exist_ok=True)
+            dsts = [str(out / split / (Path(r["path"]).stem + ".wav")) for r in rows]
+            durs = run(_decode_one, [(r["path"], d, sample_rate) for r, d in zip(rows, dsts)])
+            new = [dict(r, path=os.path.relpath(d, out), duration=round(t, 4), sample_rate=sample_rate)
+                   for r, d, t in zip(rows, dsts, durs)]
+            _write_manifest(out / f"{split}.jsonl", new)
+            result[split] = {"clips": len(new), "hours": round(sum(durs) / 3600, 3)}
     return result
 
 
@@ -193,10 +191,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--sample-rate", type=int, default=24000)
     b.add_argument("--jobs", type=int, default=0)
     args = p.parse_args(argv)
-    if args.cmd == "pack":
-        info = pack(args.train, args.valid, args.out, args.kbps, args.budget_mib, not args.no_wheels, args.jobs)
-    else:
-        info = unpack(args.pack, args.out, args.sample_rate, args.jobs)
+    from codec.errors import CodecError
+
+    try:
+        if args.cmd == "pack":
+            info = pack(args.train, args.valid, args.out, args.kbps, args.budget_mib, not args.no_wheels, args.jobs)
+        else:
+            info = unpack(args.pack, args.out, args.sample_rate, args.jobs)
+    except CodecError as exc:
+        print(f"pack: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(info))
     return 0
 

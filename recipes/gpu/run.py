@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,11 +54,12 @@ def _last_rate(metrics: Path) -> float:
     return float(rates[-1])
 
 
-def _override(overrides: Sequence[str], key: str, default: str) -> str:
-    for o in reversed(overrides):
-        if o.startswith(key + "="):
-            return o.split("=", 1)[1]
-    return default
+def _crop_batch(run_dir: Path) -> Tuple[int, float]:
+    """``(data.batch_size, data.crop_seconds)`` of a run, from the merged config ``codec train`` saved in it."""
+    import yaml
+
+    data = yaml.safe_load((run_dir / "config.yaml").read_text())["data"]
+    return int(data["batch_size"]), float(data["crop_seconds"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -90,8 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  "train.valid_interval=0", f"train.ckpt_interval={args.probe_steps}", f"train.log_interval={log_every}",
                  f"train.out_dir={probe}"], env, "probe")
     rate = _last_rate(probe / "metrics.jsonl")
-    batch = float(_override(overrides, "data.batch_size", "128"))
-    crop = float(_override(overrides, "data.crop_seconds", "1.0"))
+    batch, crop = _crop_batch(probe)
     steps_per_s = rate / (batch * crop)
     left = args.minutes * 60 - (time.time() - t0) - args.reserve_s
     steps = max(1, int(left * steps_per_s))

@@ -179,6 +179,42 @@ def test_bench_times_onnx_runtime_beside_pytorch(seanet, tmp_path):
         benchmark_onnx(other, seconds=0.5, onnx_dir=str(out))
 
 
+def test_bench_parity_compares_codes_and_audio_on_recordings(seanet, fourier, tmp_path, capsys):
+    """``codec bench onnx --parity MANIFEST``: the files it names (one at 8 kHz, resampled), the first
+    ``--parity-files``; the conv graphs give PyTorch's codes exactly; counts agree with a direct comparison."""
+    model, model_dir, _, out = seanet
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    sf.write(str(rec / "a.wav"), speech(1.0), 24000)
+    sf.write(str(rec / "b.wav"), speech(0.7, 1.0)[::3].copy(), 8000)
+    sf.write(str(rec / "c.wav"), speech(0.5, 2.0), 24000)
+    (rec / "m.jsonl").write_text("".join(json.dumps({"path": f"{n}.wav"}) + "\n" for n in "abc"))
+    assert main(["bench", "onnx", "--model", str(model_dir), "--onnx-dir", str(out), "--seconds", "0.3", "--nq", "3",
+                 "--parity", str(rec / "m.jsonl"), "--parity-files", "2", "-q", "--json", str(tmp_path / "p.json")]) == 0
+    r = json.loads((tmp_path / "p.json").read_text())["onnx_parity"]
+    assert (r["files"], r["levels"], r["nq"]) == (2, 5, 3)
+    assert r["frames"] == 75 + 53  # ceil(24000 / 320) + ceil(0.7 s at 24 kHz / 320)
+    assert r["frames_identical_all_levels"] == r["codes_identical"] == 1.0 and r["codes_identical_per_level"] == [1.0] * 5
+    assert 0 <= r["decode_max_abs_error"] < 1e-4
+
+    from codec.bench.onnx import onnx_parity
+
+    fmodel, _, oc, fout = fourier
+    res = onnx_parity(fmodel, [str(rec / "a.wav"), str(rec / "c.wav")], nq=4, onnx_dir=str(fout))
+    ref = [fmodel.encode(torch.from_numpy(speech(s, o))[None, None]).numpy() for s, o in ((1.0, 0.0), (0.5, 2.0))]
+    got = [oc.encode(speech(s, o)[None, None]) for s, o in ((1.0, 0.0), (0.5, 2.0))]
+    frames = sum(c.shape[-1] for c in ref)
+    assert res["frames"] == frames
+    assert res["frames_identical_at_nq"] == sum(int((g[:, :4] == c[:, :4]).all(1).sum()) for g, c in zip(got, ref)) / frames
+    assert res["codes_identical"] == sum(int((g == c).sum()) for g, c in zip(got, ref)) / (frames * 8)
+    assert res["frames_identical_all_levels"] >= FRAME_AGREEMENT and res["decode_max_abs_error"] < 1e-4
+    with pytest.raises(CodecError, match=r"^nq 9 is more than the 8 levels this ONNX export's encoder gives\.$"):
+        onnx_parity(fmodel, str(rec / "a.wav"), nq=9, onnx_dir=str(fout))
+    assert main(["bench", "rvq", "--parity", str(rec / "m.jsonl")]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "--parity compares ONNX graphs with PyTorch: use it with 'codec bench onnx'.")
+
+
 def test_export_errors(tmp_path, capsys, fourier):
     model = fourier[0]
     with pytest.raises(CodecError, match=r"^nq 9 is out of range: this model has levels 1 to 8\.$"):

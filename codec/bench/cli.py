@@ -6,7 +6,8 @@ The measurements themselves live with their owners: ``codec.bench.model.benchmar
 (quantizer).  This module picks the model, calls them with the arguments they accept, and formats results.
 ``codec bench rvq`` runs the quantizer part only; ``codec bench encodec`` times the model beside EnCodec 24 kHz
 (``benchmark_encodec``: random weights built by the ``encodec`` package, nothing downloaded); ``codec bench onnx``
-times the exported ONNX graphs in ONNX Runtime beside PyTorch (``codec.bench.onnx.benchmark_onnx``).
+times the exported ONNX graphs in ONNX Runtime beside PyTorch (``codec.bench.onnx.benchmark_onnx``) and, with
+``--parity INPUT``, compares their codes and audio with PyTorch's on real recordings (``onnx_parity``).
 """
 from __future__ import annotations
 
@@ -34,6 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="time this 'codec export' directory in ONNX Runtime (default for 'onnx': export the "
                              "model's encoder and decoder to a temporary directory first); with 'model' or "
                              "'all' it adds the ONNX Runtime section")
+    parser.add_argument("--parity", default=None, metavar="INPUT",
+                        help="with 'onnx': also compare the graphs' codes and decoded audio with PyTorch's on these "
+                             "recordings (a .jsonl manifest, a folder or a file, as 'codec eval' takes them)")
+    parser.add_argument("--parity-files", type=int, default=8, metavar="N",
+                        help="recordings used by --parity: the first N (default 8)")
     parser.add_argument("--model", default=None,
                         help="model directory or name (default: shipped speech-24k, else random weights of --preset)")
     parser.add_argument("--preset", default=None,
@@ -145,7 +151,10 @@ def collect(args: argparse.Namespace) -> Dict[str, Any]:
         ref = _plain(mb.benchmark_encodec(seconds=args.seconds, nq=nq, threads=threads))
         ours = _plain(mb.benchmark_model(model, seconds=args.seconds, nq=nq, device=args.device, threads=threads))
         _beside(out, "encodec", ours, ref, "speedup_vs_encodec")
-    if args.what == "onnx" or (args.onnx_dir and args.what in ("all", "model")):
+    onnx_section = args.what == "onnx" or (args.onnx_dir and args.what in ("all", "model"))
+    if getattr(args, "parity", None) and not onnx_section:
+        raise CodecError("--parity compares ONNX graphs with PyTorch: use it with 'codec bench onnx'.")
+    if onnx_section:
         from codec.bench.onnx import benchmark_onnx
 
         threads = getattr(args, "threads", None)
@@ -153,6 +162,11 @@ def collect(args: argparse.Namespace) -> Dict[str, Any]:
         ort = _plain(benchmark_onnx(model, seconds=args.seconds, nq=nq, onnx_dir=args.onnx_dir,
                                     threads=threads or 2))
         _beside(out, "onnx", ours, ort, "onnxruntime_speedup_vs_pytorch", invert=True)
+        if getattr(args, "parity", None):
+            from codec.bench.onnx import onnx_parity
+
+            out["onnx_parity"] = _plain(onnx_parity(model, args.parity, nq=nq, max_files=args.parity_files,
+                                                    threads=threads or 1, onnx_dir=args.onnx_dir))
     if args.what in ("all", "rvq"):
         try:
             from codec.bench.rvq import bench_rvq

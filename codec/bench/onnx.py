@@ -1,20 +1,23 @@
 """ONNX Runtime speed of the exported graphs (``codec bench onnx``), timed exactly like
 :func:`codec.bench.model.benchmark_model` (best of ``repeats`` on the same noise-like input, same threads), so the
-figures sit beside PyTorch's.  The graphs come from an export directory (``codec export``) or are exported to a
-temporary directory first (encoder and decoder only)."""
+figures sit beside PyTorch's; and the parity of their codes and audio with PyTorch's on real recordings
+(:func:`onnx_parity`, ``codec bench onnx --parity MANIFEST``).  The graphs come from an export directory
+(``codec export``) or are exported to a temporary directory first (encoder and decoder only)."""
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 from codec.errors import CodecError
 
 from .model import _time_round_trip
 
-__all__ = ["benchmark_onnx"]
+__all__ = ["benchmark_onnx", "onnx_parity"]
 
 
 def benchmark_onnx(model, seconds: float = 10.0, nq: int = 8, threads: int = 2, repeats: int = 3,
@@ -27,6 +30,20 @@ def benchmark_onnx(model, seconds: float = 10.0, nq: int = 8, threads: int = 2, 
         import onnxruntime
     except ImportError:
         raise CodecError("the ONNX benchmark needs onnxruntime (pip install codec[deploy]).") from None
+    with _graphs(model, onnx_dir, nq, threads) as (oc, export_s):
+        sr = model.sample_rate
+        g = torch.Generator().manual_seed(0)
+        x = (0.1 * torch.randn(1, 1, int(seconds * sr), generator=g)).numpy()
+        e, d, codes = _time_round_trip(oc.encode, lambda c: oc.decode(c[:, :nq]), x, sr, repeats)
+    return {"seconds": float(seconds), "nq": int(min(nq, codes.shape[1])), "threads": int(threads),
+            "encode_x_realtime": seconds / e, "decode_x_realtime": seconds / d, "encode_s": e, "decode_s": d,
+            "export_s": export_s, "onnxruntime": onnxruntime.__version__}
+
+
+@contextlib.contextmanager
+def _graphs(model, onnx_dir: Optional[str], nq: int, threads: int) -> Iterator:
+    """``(OnnxCodec, export seconds)`` for ``onnx_dir``, or for the model's encoder and decoder exported with ``nq``
+    levels to a temporary directory (removed on exit); refuses an export made for another rate or hop."""
     from codec.deploy.onnx import export_onnx
     from codec.deploy.runtime import OnnxCodec
 
@@ -43,10 +60,49 @@ def benchmark_onnx(model, seconds: float = 10.0, nq: int = 8, threads: int = 2, 
         if (man["sample_rate"], man["hop_length"]) != (model.sample_rate, model.hop_length):
             raise CodecError(f"the ONNX export in '{onnx_dir}' is for {man['sample_rate']} Hz / hop "
                              f"{man['hop_length']}, not this model's {model.sample_rate} Hz / hop {model.hop_length}.")
-        sr = model.sample_rate
-        g = torch.Generator().manual_seed(0)
-        x = (0.1 * torch.randn(1, 1, int(seconds * sr), generator=g)).numpy()
-        e, d, codes = _time_round_trip(oc.encode, lambda c: oc.decode(c[:, :nq]), x, sr, repeats)
-    return {"seconds": float(seconds), "nq": int(min(nq, codes.shape[1])), "threads": int(threads),
-            "encode_x_realtime": seconds / e, "decode_x_realtime": seconds / d, "encode_s": e, "decode_s": d,
-            "export_s": export_s, "onnxruntime": onnxruntime.__version__}
+        yield oc, export_s
+
+
+def onnx_parity(model, inputs: Union[str, Sequence[str]], nq: int = 8, max_files: int = 8, threads: int = 1,
+                onnx_dir: Optional[str] = None, **_: Any) -> Dict[str, Any]:
+    """How closely the ONNX graphs reproduce PyTorch on real recordings, one file at a time.
+
+    Each input (a ``.jsonl`` manifest, a folder or files, as ``codec eval`` takes them; the first ``max_files``)
+    is read as mono at the model's rate and encoded by ``model.encode`` and by the encoder graph with all the
+    levels the graph gives; the PyTorch codes cut to ``nq`` levels are then decoded by ``model.decode`` and by the
+    decoder graph.  Returns ``{"files", "frames", "levels", "nq", "threads", "frames_identical_at_nq",
+    "frames_identical_all_levels", "codes_identical", "codes_identical_per_level" [levels],
+    "decode_max_abs_error", "onnxruntime"}`` (fractions in [0, 1]; a frame is identical when every level is)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise CodecError("the ONNX parity check needs onnxruntime (pip install codec[deploy]).") from None
+    from codec.audio import load_audio, resample, to_mono
+    from codec.eval.harness import list_inputs
+
+    files = list_inputs(inputs, max_files=max_files)
+    same_levels, same_nq, same_all, frames, err = 0, 0, 0, 0, 0.0
+    with _graphs(model, onnx_dir, nq, threads) as (oc, _):
+        levels = int(oc.manifest["nq"])
+        if nq > levels:
+            raise CodecError(f"nq {nq} is more than the {levels} levels this ONNX export's encoder gives.")
+        for path in files:
+            wav, sr = load_audio(path)
+            x = resample(to_mono(wav), sr, model.sample_rate)[None]  # [1, 1, T]
+            with torch.no_grad():
+                ref = model.encode(torch.from_numpy(x), nq=levels).cpu().numpy()
+            got = oc.encode(x)
+            same = got == ref                                   # [1, levels, F]
+            same_levels = same_levels + same.sum((0, 2))
+            same_nq += int(same[:, :nq].all(1).sum())
+            same_all += int(same.all(1).sum())
+            frames += ref.shape[-1]
+            cut = ref[:, :nq]
+            with torch.no_grad():
+                want = model.decode(torch.from_numpy(cut)).cpu().numpy()
+            err = max(err, float(np.abs(oc.decode(cut) - want).max()))
+    return {"files": len(files), "frames": frames, "levels": levels, "nq": int(nq), "threads": int(threads),
+            "frames_identical_at_nq": same_nq / frames, "frames_identical_all_levels": same_all / frames,
+            "codes_identical": float(same_levels.sum()) / (frames * levels),
+            "codes_identical_per_level": [float(v) / frames for v in same_levels],
+            "decode_max_abs_error": err, "onnxruntime": onnxruntime.__version__}

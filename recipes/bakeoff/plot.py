@@ -1,10 +1,12 @@
 """Learning curves of the bake-off runs: validation PESQ-WB and STOI at nq 8 against CPU-hours.
 
     python recipes/bakeoff/plot.py OUT.png NAME=RUN_DIR [NAME=RUN_DIR[+HOURS] ...]
+    python recipes/bakeoff/plot.py OUT.png NAME=docs/curves/stage4.jsonl+7.3   # a kept copy of the records
 
 ``+HOURS`` shifts a run's curve right by the CPU-hours spent before it (a run that continued another run's
-model with ``model.init_from``). Reads each run's ``metrics.jsonl`` (the ``valid`` records written by ``codec train``, which carry ``cpu_hours``
-and, with the ``eval`` extras installed, ``pesq/nqN`` and ``stoi/nqN``) and prints the points as a Markdown table.
+model with ``model.init_from``). Reads each run's ``metrics.jsonl``, or a ``.jsonl`` file named directly (the
+copies kept in ``docs/curves/``): the ``valid`` records written by ``codec train``, which carry ``cpu_hours`` and,
+with the ``eval`` extras installed, ``pesq/nqN`` and ``stoi/nqN``. Prints the points as a Markdown table.
 """
 from __future__ import annotations
 
@@ -13,10 +15,12 @@ import sys
 from pathlib import Path
 
 
-def curves(run_dir: Path, nq: int = 8):
-    """-> list of (cpu_hours, step, pesq, stoi, mel) from a run's validation records."""
+def curves(run: Path, nq: int = 8):
+    """-> list of (cpu_hours, step, pesq, stoi, mel) from a run's validation records (a run directory or a
+    metrics ``.jsonl`` file)."""
     out = []
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+    path = run if run.suffix == ".jsonl" else run / "metrics.jsonl"
+    for line in path.read_text().splitlines():
         rec = json.loads(line)
         if rec.get("kind") == "valid" and f"pesq/nq{nq}" in rec:
             out.append((rec["cpu_hours"], rec["step"], rec[f"pesq/nq{nq}"], rec[f"stoi/nq{nq}"], rec[f"mel/nq{nq}"]))

@@ -59,6 +59,29 @@ def _metrics(out):
     return [json.loads(l) for l in (Path(out) / "metrics.jsonl").read_text().splitlines()]
 
 
+def test_best_checkpoint_follows_the_chosen_metric(wavs, tmp_path):
+    """``train.best_metric``: best.pt holds the step with the highest SI-SDR at nq 2 (higher is better) among the
+    trained steps; names validation cannot produce are refused before a step."""
+    from codec.train.trainer import Trainer
+
+    out = tmp_path / "run"
+    t = Trainer(_cfg(wavs, out, "train.steps=12", "adversarial.enabled=false", "optim.ema=0",
+                     "train.valid_interval=3", "train.valid_nq=[1,2]", "train.best_metric=si_sdr/nq2"))
+    t.fit()
+    valid = [m for m in _metrics(out) if m["kind"] == "valid" and m["step"] > 0]
+    assert [m["step"] for m in valid] == [3, 6, 9, 12]
+    want = max(valid, key=lambda m: m["si_sdr/nq2"])
+    best = torch.load(out / "best.pt", weights_only=True, map_location="cpu")
+    assert best["step"] == want["step"] and best["best_metric"] == "si_sdr/nq2"
+    assert best["best_valid"] == pytest.approx(-want["si_sdr/nq2"])
+    for name, msg in (("pesq/8", r"^train\.best_metric 'pesq/8' is not a validation metric: use valid_loss or "
+                                 r"mel/nqN, si_sdr/nqN, pesq/nqN, stoi/nqN\.$"),
+                      ("mel/nq4", r"^train\.best_metric 'mel/nq4' needs nq 4 in the validated nq values \(1, 2\): "
+                                  r"add it to train\.valid_nq\.$")):
+        with pytest.raises(CodecError, match=msg):
+            Trainer(_cfg(wavs, tmp_path / name.replace("/", "_"), "train.valid_nq=[1,2]", f"train.best_metric={name}"))
+
+
 def test_tiny_run_mel_loss_falls(wavs, tmp_path):
     from codec.train.trainer import Trainer
 

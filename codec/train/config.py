@@ -97,6 +97,8 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "resume": None,              # null | "auto" (latest in out_dir) | checkpoint path
         "max_nonfinite": 20,         # stop after this many non-finite losses in a row
         "valid_nq": None,            # list of nq values for validation metrics (default 1,2,4,..,all)
+        "best_metric": "valid_loss",  # best.pt: lowest valid_loss (mel at the largest nq) / mel|si_sdr/nqN, or
+                                     # highest pesq|stoi|si_sdr/nqN (e.g. pesq/nq8: the bitrate you ship)
         "audio_samples": 2,          # validation items written to TensorBoard as audio
         "device": "auto",            # "auto", "cpu", "cuda"
         "threads": 0,                # torch.set_num_threads (0 = leave default)

@@ -51,7 +51,8 @@ from .discriminators import Discriminators
 from .losses import (MultiResolutionSTFTLoss, MultiScaleMelLoss, PhaseAwareSTFTLoss, discriminator_adversarial_loss,
                      feature_matching_loss, generator_adversarial_loss, masked_l1, sample_mask)
 from .optim import LRSchedule, build_optimizers
-from .validation import evaluate_items, spectrogram_image, valid_nq
+from .validation import (check_best_metric, evaluate_items, perceptual_metric_fns, selection_score,
+                         spectrogram_image, valid_nq)
 
 __all__ = ["Trainer", "build_model", "find_latest_checkpoint", "load_checkpoint", "LRSchedule",
            "setup_distributed", "CKPT_PATTERN"]
@@ -98,7 +99,8 @@ class Trainer:
     """Train a CodecModel from a config dict (see :mod:`codec.train.config`).
 
     ``fit()`` runs until ``train.steps`` (or a stop signal / ``train.max_hours``) and returns a summary dict
-    (``step``, ``stopped``, ``audio_seconds_per_second``, ``last``: last logged losses, ``best_valid``).
+    (``step``, ``stopped``, ``audio_seconds_per_second``, ``last``: last logged losses, ``best_valid``: the best
+    score of ``train.best_metric``, negated where higher is better).
     """
 
     def __init__(self, cfg: Dict[str, Dict[str, Any]], resume: Optional[str] = None):
@@ -123,6 +125,8 @@ class Trainer:
         self.amp_dtype = torch.bfloat16 if (self.device.type == "cuda" and amp in ("auto", "bf16")) else None
         self._reset_counters()
         self._read_items()
+        if self.valid_items:  # every rank checks, so a bad name stops them all before a step
+            check_best_metric(tc["best_metric"], self._valid_nq(), bool(perceptual_metric_fns()))
         self._maybe_resume(resume if resume is not None else tc["resume"])
 
     # -------------------------------------------------------------------------------- setup
@@ -220,6 +224,7 @@ class Trainer:
             "rng": rng_state(),
             "data": {"next_step": self.step, "world": self.world, "batch_size": int(self.cfg["data"]["batch_size"])},
             "best_valid": self.best_valid,
+            "best_metric": self.cfg["train"]["best_metric"],
             "best_metrics": self.best_metrics,
             "elapsed": self.elapsed,
             "audio_seconds": self.audio_seconds,
@@ -246,7 +251,8 @@ class Trainer:
         if self.ema is not None and st.get("ema") is not None:
             self.ema.load_state_dict(st["ema"])
         self.step = int(st["step"])
-        self.best_valid = st.get("best_valid")
+        same = st.get("best_metric", "valid_loss") == self.cfg["train"]["best_metric"]
+        self.best_valid = st.get("best_valid") if same else None  # another criterion: the next validation is best
         self.best_metrics = dict(st.get("best_metrics") or {})
         self.elapsed = float(st.get("elapsed", 0.0))
         self.audio_seconds = float(st.get("audio_seconds", 0.0))
@@ -604,10 +610,11 @@ class Trainer:
         m = self.validate()
         if not (self.is_main and m):
             return False
+        score = selection_score(self.cfg["train"]["best_metric"], m)
         is_best = not self.freeze_generator and (  # a frozen generator has no best checkpoint
-            self.best_valid is None or m["valid_loss"] < self.best_valid)
+            self.best_valid is None or score < self.best_valid)
         if is_best:
-            self.best_valid = m["valid_loss"]
+            self.best_valid = score
             self.best_metrics = dict(m)
         cpu_h = self.elapsed * self.world * torch.get_num_threads() / 3600.0
         self._log_jsonl({"step": self.step, "kind": "valid", "train_seconds": self.elapsed, "cpu_hours": cpu_h,

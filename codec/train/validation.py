@@ -9,10 +9,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from codec.errors import CodecError
 from codec.eval.metrics import mel_filterbank, multiscale_mel_distance, si_sdr
 from codec.quantization.vq import code_stats
 
-__all__ = ["valid_nq", "codebook_stats", "perceptual_metric_fns", "spectrogram_image", "evaluate_items"]
+__all__ = ["valid_nq", "check_best_metric", "selection_score", "codebook_stats", "perceptual_metric_fns", "spectrogram_image", "evaluate_items"]
 
 
 def valid_nq(requested, num_quantizers: int) -> List[int]:
@@ -25,6 +26,33 @@ def valid_nq(requested, num_quantizers: int) -> List[int]:
         out.append(q)
         q *= 2
     return out + [n]
+
+
+#: validation metrics where a higher value is better (``train.best_metric`` keeps their highest)
+HIGHER_IS_BETTER = ("pesq", "stoi", "si_sdr")
+
+
+def check_best_metric(name: str, nqs: Sequence[int], perceptual: bool) -> None:
+    """Refuse a ``train.best_metric`` that validation will not produce: ``valid_loss`` (mel at the largest nq) or
+    ``mel|si_sdr|pesq|stoi/nqN`` with N among the validated ``nqs`` (PESQ / STOI only with the eval extras)."""
+    metric, _, q = str(name).partition("/nq")
+    if name == "valid_loss":
+        return
+    if metric not in ("mel",) + HIGHER_IS_BETTER or not q.isdigit():
+        raise CodecError(f"train.best_metric '{name}' is not a validation metric: use valid_loss or "
+                         "mel/nqN, si_sdr/nqN, pesq/nqN, stoi/nqN.")
+    if int(q) not in nqs:
+        raise CodecError(f"train.best_metric '{name}' needs nq {q} in the validated nq values "
+                         f"({', '.join(map(str, nqs))}): add it to train.valid_nq.")
+    if metric in ("pesq", "stoi") and not perceptual:
+        raise CodecError(f"train.best_metric '{name}' needs PESQ / STOI: install the eval extras "
+                         "(pip install codec[eval]).")
+
+
+def selection_score(name: str, metrics: Dict[str, float]) -> float:
+    """The value the best checkpoint minimises: ``metrics[name]``, negated where higher is better."""
+    v = float(metrics[name])
+    return -v if name.split("/")[0] in HIGHER_IS_BETTER else v
 
 
 def codebook_stats(codes: List[Tensor], codebook_size: int) -> Dict[str, float]:

@@ -288,7 +288,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 
     def work(progress, on_result) -> None:
         encode_files(model, name, [EncodeJob(s, d) for s, d in pairs], nq, keep_channels=args.channels == "keep",
-                     batch_size=args.batch_size, progress=progress, on_result=on_result)
+                     batch_size=args.batch_size, progress=progress, on_result=on_result, precision=args.precision)
 
     return _run_file_jobs(args, pairs, "encode", seconds, describe, work)
 
@@ -387,10 +387,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise CodecError(f"'codec export' needs the package '{exc.name}' (pip install codec[deploy]).") from None
     model, name = resolve_model(args.model)
     nq = _checked_nq(args.nq, model, default=int(model.num_quantizers))
-    man = export_onnx(model, args.output, nq=nq, opset=args.opset, model_name=name)
+    man = export_onnx(model, args.output, nq=nq, opset=args.opset, model_name=name, precision=args.precision)
     if not args.quiet:
         print(f"{name} -> {args.output}: {', '.join(g['file'] for g in man['graphs'].values())}, manifest.json "
-              f"({man['nq']} levels, {man['sample_rate']} Hz, decoder delay {man['decoder_delay']} samples)")
+              f"({man['nq']} levels, {man['precision']} encoder, {man['sample_rate']} Hz, decoder delay "
+              f"{man['decoder_delay']} samples)")
     return 0
 
 
@@ -472,6 +473,9 @@ def _add_codes_commands(sub: argparse._SubParsersAction, fmt: type) -> None:
     p.add_argument("--channels", choices=("mono", "keep"), default="mono",
                    help="mono: downmix (default); keep: one code stream per channel (max 8)")
     p.add_argument("--batch-size", type=_positive_int, default=1, help="code streams encoded together (default 1)")
+    p.add_argument("--precision", choices=("float32", "float64"), default="float32",
+                   help="encoder arithmetic (default float32; float64 is slower and gives exactly the codes of a "
+                        "'codec export --precision float64' encoder in ONNX Runtime)")
     _common(p)
     p.set_defaults(func=_cmd_encode)
 
@@ -523,6 +527,9 @@ def _add_model_commands(sub: argparse._SubParsersAction, fmt: type) -> None:
     p.add_argument("--format", choices=("onnx",), required=True, help="export format (onnx)")
     p.add_argument("--nq", type=_int, default=None, help="levels the encoder graphs produce (default: all)")
     p.add_argument("--opset", type=_int, default=18, help="ONNX opset (default 18)")
+    p.add_argument("--precision", choices=("float32", "float64"), default="float32",
+                   help="encoder graphs' arithmetic (default float32; float64 gives in ONNX Runtime exactly the "
+                        "codes of 'codec encode --precision float64')")
     _common(p, device=False)
     p.set_defaults(func=_cmd_export)
 

@@ -18,6 +18,12 @@ blocks) and the quantizer's :meth:`~codec.quantization.ResidualVQ.encode_exact` 
 audio is encoded whole, in a masked batch or streamed in any chunking.  The decoder uses the fast path; streamed
 decoding equals offline decoding within float rounding (~1e-6).
 
+Precision (``encode(..., precision=...)``, :data:`PRECISIONS`): ``"float32"`` (default, fastest) or ``"float64"``,
+where the encoder and the quantizer compute in double precision.  float64 codes do not depend on the runtime's
+kernels: they equal the float64 ONNX encoder graphs' codes in ONNX Runtime (``codec export --precision float64``),
+where float32 codes differ in the odd near-tie frame (different GEMM summation orders).  The decoder always runs in
+float32.
+
 Saving and loading live in :mod:`codec.pretrained` (``save_pretrained(model, dir)``, ``load``); MAC counts in
 :func:`codec.bench.model.macs_per_frame`.
 """
@@ -35,7 +41,21 @@ from .nn import streaming as st
 from .nn.fourier import FourierDecoder, FourierEncoder
 from .nn.seanet import SeanetDecoder, SeanetEncoder
 from .quantization import ResidualVQ
+from .errors import OptionError
 from .validation import InputError, check_audio, check_codes
+
+#: encoder arithmetic: name -> dtype (see the module docstring)
+PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
+
+
+def encode_dtype(precision: Optional[str]) -> torch.dtype:
+    """``"float32"`` (or ``None``) / ``"float64"`` -> the encoder's compute dtype; anything else is refused with
+    one sentence (:class:`codec.errors.OptionError`)."""
+    if precision is None:
+        return torch.float32
+    if precision not in PRECISIONS:
+        raise OptionError("precision", f"'{precision}' is not known: use {' or '.join(PRECISIONS)}.")
+    return PRECISIONS[precision]
 
 
 def build_encoder(cfg: CodecConfig) -> nn.Module:
@@ -155,21 +175,20 @@ class CodecModel(nn.Module):
         return x.to(self.device), lengths
 
     # ------------------------------------------------------------------ exact encoding
-    def _encode_frames_exact(self, x: torch.Tensor, nq: int) -> torch.Tensor:
-        """x [B, 1, n*hop] -> codes [B, nq, n] (uses installed streaming states if any)."""
-        dt = torch.float32
-        latent = self.encoder.forward_exact(x.to(dt).transpose(1, 2))
+    def _encode_frames_exact(self, x: torch.Tensor, nq: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """x [B, 1, n*hop] -> codes [B, nq, n], computed in ``dtype`` (uses installed streaming states if any)."""
+        latent = self.encoder.forward_exact(x.to(dtype).transpose(1, 2))
         return self.quantizer.encode_exact(latent, nq)
 
-    def _encode_blocks(self, x: torch.Tensor, nq: int) -> torch.Tensor:
+    def _encode_blocks(self, x: torch.Tensor, nq: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """x [B, 1, F*hop] -> codes [B, nq, F], processed in blocks of ``block_frames`` frames with streaming
         states (bit-identical to one pass)."""
         hop, bf = self.hop_length, max(1, int(self.block_frames))
         frames = x.shape[-1] // hop
         if frames <= bf:
-            return self._encode_frames_exact(x, nq)
+            return self._encode_frames_exact(x, nq, dtype)
         with st.streaming(self.encoder, x.shape[0]):
-            out = [self._encode_frames_exact(x[..., i * hop:(i + bf) * hop], nq) for i in range(0, frames, bf)]
+            out = [self._encode_frames_exact(x[..., i * hop:(i + bf) * hop], nq, dtype) for i in range(0, frames, bf)]
         return torch.cat(out, dim=-1)
 
     def _decode_blocks(self, z: torch.Tensor, frame_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -194,7 +213,7 @@ class CodecModel(nn.Module):
         return n
 
     def encode(self, wav, sample_rate: Optional[int] = None, nq: Optional[int] = None, lengths=None,
-               return_lengths: bool = False):
+               return_lengths: bool = False, precision: Optional[str] = None):
         """Audio -> codes ``LongTensor [B, nq, F]``, ``F = ceil(T / hop)``.
 
         Args:
@@ -209,10 +228,13 @@ class CodecModel(nn.Module):
                 ``ceil(length / hop)`` get code ``-1``; every item gets exactly (bit for bit) the codes it gets
                 when encoded alone, with or without resampling.
             return_lengths: also return the frame counts ``[B]``.
+            precision: ``"float32"`` (default) or ``"float64"``: the encoder's arithmetic; float64 codes equal
+                those of a float64 ONNX export in ONNX Runtime (see the module docstring).
 
         >>> codes, frames = model.encode([a16k, b44k], sample_rate=[16000, 44100], return_lengths=True)
         """
         nq = self._check_nq(nq)
+        dtype = encode_dtype(precision)
         x, lengths = self._prepare(wav, sample_rate, lengths)
         B, _, T = x.shape
         hop = self.hop_length
@@ -226,7 +248,7 @@ class CodecModel(nn.Module):
             x = torch.where(keep[:, None], x, torch.zeros((), device=x.device))
             if pad:
                 x = torch.nn.functional.pad(x, (0, pad))
-            codes = self._encode_blocks(x, nq)
+            codes = self._encode_blocks(x, nq, dtype)
             nfr = -(-lengths // hop)
             fmask = (torch.arange(frames)[None] < nfr[:, None]).to(codes.device)
             codes = torch.where(fmask[:, None], codes, torch.full((), -1, dtype=codes.dtype, device=codes.device))
@@ -297,10 +319,12 @@ class CodecModel(nn.Module):
         slots; inside, :meth:`encode_step` / :meth:`decode_step` process consecutive whole frames."""
         return st.streaming(self, batch_size)
 
-    def encode_step(self, x: torch.Tensor, nq: Optional[int] = None) -> torch.Tensor:
-        """Inside :meth:`streaming`: x [B, 1, n*hop] (whole frames) -> codes [B, nq, n]."""
+    def encode_step(self, x: torch.Tensor, nq: Optional[int] = None, precision: Optional[str] = None
+                    ) -> torch.Tensor:
+        """Inside :meth:`streaming`: x [B, 1, n*hop] (whole frames) -> codes [B, nq, n] (``precision`` as
+        :meth:`encode`'s; keep one precision per stream)."""
         with torch.no_grad():
-            return self._encode_frames_exact(x, self._check_nq(nq))
+            return self._encode_frames_exact(x, self._check_nq(nq), encode_dtype(precision))
 
     def decode_step(self, codes: torch.Tensor) -> torch.Tensor:
         """Inside :meth:`streaming`: codes [B, nq, f] -> audio [B, 1, f*hop], the decoder's stream output: it lags
@@ -311,10 +335,11 @@ class CodecModel(nn.Module):
             return self.decoder(z.to(self._dtype()), (c >= 0).any(1)).float()
 
     def stream_encoder(self, batch_size: int = 1, nq: Optional[int] = None,
-                       sample_rate: Optional[int] = None) -> "StreamEncoder":
+                       sample_rate: Optional[int] = None, precision: Optional[str] = None) -> "StreamEncoder":
         """Streaming encoder for ``batch_size`` independent streams (latency: one frame, plus the resampler's
-        when ``sample_rate`` differs from the model's: live input is then resampled chunk by chunk)."""
-        return StreamEncoder(self, batch_size, nq, sample_rate)
+        when ``sample_rate`` differs from the model's: live input is then resampled chunk by chunk);
+        ``precision`` as :meth:`encode`'s."""
+        return StreamEncoder(self, batch_size, nq, sample_rate, precision)
 
     def stream_decoder(self, batch_size: int = 1) -> "StreamDecoder":
         """Streaming decoder for ``batch_size`` independent streams (no added latency)."""
@@ -374,8 +399,9 @@ class StreamEncoder(_Stream):
     """
 
     def __init__(self, model: CodecModel, batch_size: int = 1, nq: Optional[int] = None,
-                 sample_rate: Optional[int] = None) -> None:
+                 sample_rate: Optional[int] = None, precision: Optional[str] = None) -> None:
         self.nq = model._check_nq(nq)
+        self.dtype = encode_dtype(precision)
         self.sample_rate = model.sample_rate if sample_rate is None else int(sample_rate)
         if self.sample_rate <= 0:
             raise InputError(f"sample_rate must be a positive number of Hz, got {self.sample_rate}.")
@@ -419,7 +445,7 @@ class StreamEncoder(_Stream):
             return self._empty()
         take = torch.stack([b[: n * hop] for b in self._buf])[:, None]
         self._buf = [b[n * hop:].clone() for b in self._buf]
-        return self._run(self.model._encode_frames_exact, take, self.nq)
+        return self._run(self.model._encode_frames_exact, take, self.nq, self.dtype)
 
     def flush(self) -> torch.Tensor:
         """Codes of the remaining (zero-padded) frames [B, nq, n]; then the stream starts over."""
@@ -435,7 +461,7 @@ class StreamEncoder(_Stream):
         x = torch.zeros(self.batch_size, 1, n * hop, device=self.model.device)
         for i, b in enumerate(self._buf):
             x[i, 0, : b.shape[0]] = b
-        codes = self._run(self.model._encode_frames_exact, x, self.nq)
+        codes = self._run(self.model._encode_frames_exact, x, self.nq, self.dtype)
         for i, f in enumerate(nfr):
             codes[i, :, f:] = -1
         self.reset()

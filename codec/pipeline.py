@@ -419,14 +419,14 @@ def _append_codes(group: List[Tuple[int, "_EncState"]], codes, nq: int, dtype) -
 
 
 def _stream_encode_group(model, group: List[Tuple[int, "_EncState"]], streams: int, nq: int, chunk: int,
-                         dtype, progress: Progress) -> None:
+                         dtype, progress: Progress, precision: Optional[str] = None) -> None:
     """Feed the group's files through one batched stream encoder, ``chunk`` samples per step, until every file
     is drained; the codes collect in each file's state."""
     import torch
 
     device = _model_device(model)
     with torch.inference_mode():
-        enc = model.stream_encoder(streams, nq=nq)
+        enc = model.stream_encoder(streams, nq=nq, precision=precision)
         steps = 0
         while True:
             _fill_group(group, chunk, progress)
@@ -477,6 +477,7 @@ def encode_files(
     chunk_seconds: float = 1.0,
     progress: Progress = None,
     on_result: Optional[Callable[[JobResult], None]] = None,
+    precision: Optional[str] = None,
 ) -> List[JobResult]:
     """Encode audio files to ``.codes`` files with the streaming encoder (memory flat in file length).
 
@@ -493,6 +494,8 @@ def encode_files(
         chunk_seconds: model-rate audio fed per streaming step.
         progress: called with the input seconds consumed (for a progress bar).
         on_result: called after each file finishes (success or error).
+        precision: the encoder's arithmetic, ``"float32"`` (default) or ``"float64"`` (see
+            :meth:`codec.CodecModel.encode`).
     Returns:
         one :class:`JobResult` per job, in order.  Per-file problems are reported in ``result.error``;
         no output file is left for a failed job.
@@ -503,6 +506,9 @@ def encode_files(
     _release_memory()  # pins the mmap threshold before the first chunk
     model_fingerprint(model)  # hashed (and cached) before the first file is read
     dtype = _codes_dtype(cb)
+    from .model import encode_dtype
+
+    encode_dtype(precision)  # an unknown precision is refused before any file is opened
     chunk = hop * max(1, int(round(chunk_seconds * sr / hop)))
     results: Dict[int, JobResult] = {}
 
@@ -516,7 +522,7 @@ def encode_files(
         group, streams = _open_group(pending, batch_size, keep_channels, sr, chunk, finish)
         try:
             if group:
-                _stream_encode_group(model, group, streams, nq, chunk, dtype, progress)
+                _stream_encode_group(model, group, streams, nq, chunk, dtype, progress, precision)
             for i, st in group:
                 finish(i, _write_encoded(model, model_name, st, nq, dtype))
         finally:

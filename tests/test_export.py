@@ -60,9 +60,20 @@ def family(request):
     return request.getfixturevalue(request.param)
 
 
-#: fraction of frames whose codes (all levels) must equal PyTorch's: the graphs run ONNX Runtime's float kernels,
-#: not the encoders' bit-exact fixed-shape GEMM path, so a nearest-code decision within rounding of a tie can
-#: differ (measured on the speech sample: 1 of 98 and 3 of 302 frames with the tiny Fourier model)
+@pytest.fixture(scope="module")
+def fourier64(tmp_path_factory):
+    """The tiny Fourier model saved and exported by the CLI with ``--precision float64``."""
+    d = make_tiny_model_dir(tmp_path_factory.mktemp("fourier64") / "m", **TINY_FOURIER)
+    out = tmp_path_factory.mktemp("onnx-fourier64")
+    assert main(["export", str(d), str(out), "--format", "onnx", "--precision", "float64", "-q"]) == 0
+    from codec import load
+
+    return load(str(d)), d, OnnxCodec(out), out
+
+
+#: fraction of frames whose codes (all levels) must equal PyTorch's in float32: the graphs run ONNX Runtime's
+#: float kernels, not the encoders' bit-exact fixed-shape GEMM path, so a nearest-code decision within rounding
+#: of a tie can differ (the float64 graphs give PyTorch's float64 codes exactly: see the float64 tests)
 FRAME_AGREEMENT = 0.97
 
 
@@ -87,6 +98,79 @@ def test_offline_graphs_equal_pytorch(family, seconds, offsets):
     assert agreement(codes, ref) >= FRAME_AGREEMENT
     for c in (ref, ref[:, :2]):  # all exported levels, and fewer
         assert np.abs(oc.decode(c) - model.decode(torch.from_numpy(c)).numpy()).max() < 1e-4
+
+
+def test_float32_graphs_keep_the_stft_epsilon_in_digital_silence(fourier):
+    """The exporter's graph optimizer folded ``mag = sqrt(re^2 + im^2 + 1e-10)`` into ``sqrt(re^2 + im^2)``
+    (1e-10 is "close to zero"), so silent frames got ``0 * inf`` = NaN features and garbage codes in ONNX
+    Runtime; the graphs are written unoptimised and silence codes as in PyTorch."""
+    model, _, oc, _ = fourier
+    x = np.concatenate([np.zeros(12000, np.float32), speech(1.0)])[None, None]
+    ref = model.encode(torch.from_numpy(x)).numpy()
+    codes = oc.encode(x)
+    silent = 12000 // model.hop_length - 3  # frames whose whole STFT window is digital silence
+    assert np.array_equal(codes[..., :silent], ref[..., :silent])
+    assert agreement(codes, ref) >= FRAME_AGREEMENT
+
+
+@pytest.mark.parametrize("seconds,offsets", [(1.3, [0.0]), (2.0 + 77 / 24000, [0.2, 1.5])])
+def test_float64_graphs_give_pytorch_float64_codes_exactly(fourier64, seconds, offsets):
+    """``codec export --precision float64``: the encoder graph in ONNX Runtime and the step graph frame by frame
+    give ``model.encode(..., precision="float64")`` bit for bit on real speech, at every level."""
+    model, _, oc, _ = fourier64
+    x = batch(seconds, offsets)
+    ref = model.encode(torch.from_numpy(x), precision="float64").numpy()
+    assert np.array_equal(oc.encode(x), ref)
+    assert np.array_equal(oc.stream_encode(x), ref)
+    assert np.abs(oc.decode(ref) - model.decode(torch.from_numpy(ref)).numpy()).max() < 1e-4  # float32 decoder
+
+
+def test_float64_encoding_is_exact_across_chunkings_and_batches(fourier64):
+    """PyTorch's float64 path keeps the exactness guarantees: streamed in odd chunks and in a masked batch, every
+    item gets its whole-file codes."""
+    model = fourier64[0]
+    x = torch.from_numpy(speech(1.5))[None, None]
+    ref = model.encode(x, precision="float64")
+    enc = model.stream_encoder(nq=model.num_quantizers, precision="float64")
+    parts = [enc.feed(x[..., i:i + 777]) for i in range(0, x.shape[-1], 777)] + [enc.flush()]
+    assert torch.equal(torch.cat(parts, -1), ref)
+    other = torch.from_numpy(speech(2.0, 0.3))[None, None]
+    padded = torch.cat([torch.nn.functional.pad(x, (0, other.shape[-1] - x.shape[-1])), other])
+    both = model.encode(padded, lengths=[x.shape[-1], other.shape[-1]], precision="float64")
+    assert torch.equal(both[0, :, : ref.shape[-1]], ref[0])
+    assert torch.equal(both[1:], model.encode(other, precision="float64"))
+
+
+def test_float64_manifest_and_cli_encode(fourier64, tmp_path):
+    model, d, oc, out = fourier64
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["precision"] == "float64"
+    states = [s for s in man["graphs"]["encoder_step"]["inputs"] if s["name"].startswith("state.")]
+    assert states and {s["dtype"] for s in states} == {"float64"}
+    assert {s["dtype"] for s in man["graphs"]["decoder_step"]["inputs"] if s["name"].startswith("state.")} == \
+        {"float32"}
+    wav = tmp_path / "a.wav"
+    sf.write(str(wav), speech(1.2, 0.4), 24000)
+    assert main(["encode", str(wav), str(tmp_path / "a.codes"), "--model", str(d), "--nq", "8",
+                 "--precision", "float64", "-q"]) == 0
+    from codec import load_codes
+
+    stored, _ = load_codes(tmp_path / "a.codes")  # [1, 8, F]
+    assert np.array_equal(stored.numpy(), oc.encode(speech(1.2, 0.4)[None, None])[:, :8])
+
+
+def test_precision_errors(seanet, fourier, tmp_path, capsys):
+    model = fourier[0]
+    with pytest.raises(CodecError, match=r"^precision 'half' is not known: use float32 or float64\.$"):
+        model.encode(torch.zeros(1, 1, 640), precision="half")
+    with pytest.raises(CodecError, match=r"^precision 'half' is not known: use float32 or float64\.$"):
+        export_onnx(model, tmp_path / "h", precision="half")
+    assert not (tmp_path / "h").exists()
+    with pytest.raises(CodecError, match=r"^precision float64 export needs the Fourier encoder: ONNX Runtime has "
+                                         r"no float64 convolution\.$"):
+        export_onnx(seanet[0], tmp_path / "s", precision="float64")
+    assert main(["export", str(seanet[1]), str(tmp_path / "c"), "--format", "onnx", "--precision", "float16"]) == 2
+    assert "argument --precision: invalid choice: 'float16'" in capsys.readouterr().err
 
 
 def test_decoder_takes_padding_frames_and_any_level_count(family):

@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "recordings (a .jsonl manifest, a folder or a file, as 'codec eval' takes them)")
     parser.add_argument("--parity-files", type=int, default=8, metavar="N",
                         help="recordings used by --parity: the first N (default 8)")
+    parser.add_argument("--precision", choices=("float32", "float64"), default=None,
+                        help="with 'onnx' and no --onnx-dir: the temporary export's encoder precision (default "
+                             "float32; float64 codes equal PyTorch's encode(precision='float64'))")
     parser.add_argument("--model", default=None,
                         help="model directory or name (default: shipped speech-24k, else random weights of --preset)")
     parser.add_argument("--preset", default=None,
@@ -160,13 +163,14 @@ def collect(args: argparse.Namespace) -> Dict[str, Any]:
         threads = getattr(args, "threads", None)
         ours = out.get("offline") or _plain(mb.benchmark_model(model, seconds=args.seconds, nq=nq, threads=threads))
         ort = _plain(benchmark_onnx(model, seconds=args.seconds, nq=nq, onnx_dir=args.onnx_dir,
-                                    threads=threads or 2))
+                                    threads=threads or 2, precision=args.precision))
         _beside(out, "onnx", ours, ort, "onnxruntime_speedup_vs_pytorch", invert=True)
         if getattr(args, "parity", None):
             from codec.bench.onnx import onnx_parity
 
             out["onnx_parity"] = _plain(onnx_parity(model, args.parity, nq=nq, max_files=args.parity_files,
-                                                    threads=threads or 1, onnx_dir=args.onnx_dir))
+                                                    threads=threads or 1, onnx_dir=args.onnx_dir,
+                                                    precision=args.precision))
     if args.what in ("all", "rvq"):
         try:
             from codec.bench.rvq import bench_rvq

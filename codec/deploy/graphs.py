@@ -17,6 +17,11 @@ model's differentiable layer paths, which need no data-dependent Python control 
 The residual quantizer is written with tensor ops only: the encoder unrolls its ``nq`` levels (nearest code by
 ``|e|^2 - 2 z.e``, as the model's inference tables), the decoder gathers every level at once from a stacked
 ``[levels * K, D]`` table, so that a code value never decides a branch.
+
+Precision: the encoder graphs compute in float32 (default) or float64 (``precision="float64"``: weights, tables
+and the step graph's states in double; audio still comes in as float32).  float64 graphs give, in ONNX Runtime,
+the codes of :meth:`codec.CodecModel.encode` with ``precision="float64"`` bit for bit.  Only the Fourier encoder
+exports in float64 (ONNX Runtime has no float64 convolution).  The decoder graphs are float32.
 """
 from __future__ import annotations
 
@@ -26,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import CodecError
+from ..model import encode_dtype
 from ..nn import streaming as st
 from .fold import exportable_copy
 from .state import flat_states, install_states
@@ -53,7 +60,7 @@ class _Quantize(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         B, _, Fr = z.shape
-        r = self.input_proj(z.transpose(1, 2).float())
+        r = self.input_proj(z.transpose(1, 2).to(self.c2_0.dtype))  # the graph's precision
         r = r.reshape(B * Fr, r.shape[-1])
         codes = []
         for lvl in range(self.nq):
@@ -100,17 +107,29 @@ class _Graph(nn.Module):
         self.__dict__["_quantizer"] = copy.quantizer  # read by the subclasses, not part of the graph
 
 
+def _encoder_precision(graph: _Graph, model: nn.Module, precision: Optional[str]) -> None:
+    """Cast an encoder graph's core and quantizer to ``precision`` (see the module docstring)."""
+    dtype = encode_dtype(precision)
+    if dtype == torch.float32:
+        return
+    if getattr(model.config, "encoder_type", "seanet") != "fourier":
+        raise CodecError(f"precision {precision} export needs the Fourier encoder: ONNX Runtime has no "
+                         f"{precision} convolution.")
+    graph.to(dtype)
+
+
 class EncoderGraph(_Graph):
     """``audio [B, 1, T] -> codes int64 [B, nq, ceil(T / hop)]``."""
 
-    def __init__(self, model: nn.Module, nq: Optional[int] = None) -> None:
+    def __init__(self, model: nn.Module, nq: Optional[int] = None, precision: Optional[str] = None) -> None:
         super().__init__(model, "encoder")
         self.nq = int(nq or model.num_quantizers)
         self.quantize = _Quantize(self._quantizer, self.nq)
+        _encoder_precision(self, model, precision)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         pad = (-audio.shape[-1]) % self.hop
-        return self.quantize(self.core(F.pad(audio.float(), (0, pad))))
+        return self.quantize(self.core(F.pad(audio.to(self.quantize.c2_0.dtype), (0, pad))))
 
 
 class DecoderGraph(_Graph):
@@ -175,15 +194,16 @@ class _StepGraph(_Graph):
 class EncoderStepGraph(_StepGraph):
     """``(audio [B, 1, hop], *state) -> (codes int64 [B, nq, 1], *next_state)``."""
 
-    def __init__(self, model: nn.Module, nq: Optional[int] = None) -> None:
+    def __init__(self, model: nn.Module, nq: Optional[int] = None, precision: Optional[str] = None) -> None:
         super().__init__(model, "encoder")
         self.nq = int(nq or model.num_quantizers)
         self.quantize = _Quantize(self._quantizer, self.nq)
+        _encoder_precision(self, model, precision)
         self.state_shapes = self._probe(torch.zeros(2, 1, self.hop))
         self.state_names = list(self.state_shapes)
 
     def step(self, audio: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        return (self.quantize(self.core(audio.float())),)
+        return (self.quantize(self.core(audio.to(self.quantize.c2_0.dtype))),)
 
     def forward(self, audio: torch.Tensor, *states: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         return self._run(audio, states)
@@ -215,7 +235,9 @@ GRAPHS = {"encoder": EncoderGraph, "decoder": DecoderGraph, "encoder_step": Enco
           "decoder_step": DecoderStepGraph}
 
 
-def build_graph(model: nn.Module, name: str, nq: Optional[int] = None) -> nn.Module:
-    """The wrapper module ``name`` (one of :data:`GRAPHS`) for ``model``; ``nq`` sets the encoders' levels."""
+def build_graph(model: nn.Module, name: str, nq: Optional[int] = None, precision: Optional[str] = None
+                ) -> nn.Module:
+    """The wrapper module ``name`` (one of :data:`GRAPHS`) for ``model``; ``nq`` and ``precision`` (float32 or
+    float64) set the encoders' levels and arithmetic."""
     cls = GRAPHS[name]
-    return (cls(model, nq) if name.startswith("encoder") else cls(model)).eval()
+    return (cls(model, nq, precision) if name.startswith("encoder") else cls(model)).eval()

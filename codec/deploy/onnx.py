@@ -7,7 +7,12 @@
 :mod:`codec.deploy.graphs` for their inputs and outputs) and ``manifest.json`` (sample rate, hop, levels, decoder
 delay, every graph's input / output names, dtypes and shapes, and the state tensors of the step graphs).
 Dynamic axes: ``batch`` everywhere, ``samples`` (encoder), ``frames`` and ``levels`` (decoder, levels
-1..num_quantizers); the step graphs process exactly one frame.
+1..num_quantizers); the step graphs process exactly one frame.  ``precision="float64"`` writes float64 encoder
+graphs (see :mod:`codec.deploy.graphs`; recorded in the manifest).
+
+The ONNX files are written without the exporter's graph optimizer (``optimize=False``): its constant folding
+dropped the ``+ 1e-10`` under the STFT magnitude's square root (a constant "close to zero"), which changed the
+encoder's features in silent frames and hence their codes.  ONNX Runtime optimises the graph when it loads it.
 
 :func:`export_program` gives the same graphs as ``torch.export.ExportedProgram`` (the ONNX files are converted
 from these programs).
@@ -25,6 +30,7 @@ from torch import nn
 from torch.export import Dim
 
 from ..errors import CodecError
+from ..model import encode_dtype
 from .graphs import GRAPHS, build_graph
 
 __all__ = ["export_onnx", "export_program", "export_graphs", "ExportedGraph",
@@ -74,8 +80,9 @@ def graph_signature(graph: nn.Module, name: str) -> Tuple[Tuple[torch.Tensor, ..
         ex = ex + tuple(states)
         for k, v in zip(graph.state_names, states):
             shape = ["batch", *v.shape[1:]]
-            ins.append((f"state.{k}", "float32", shape))
-            outs.append((f"next_state.{k}", "float32", shape))
+            dt = str(v.dtype).replace("torch.", "")
+            ins.append((f"state.{k}", dt, shape))
+            outs.append((f"next_state.{k}", dt, shape))
     spec = lambda items: [{"name": n, "dtype": d, "shape": list(s)} for n, d, s in items]  # noqa: E731
     return ex, spec(ins), spec(outs)
 
@@ -90,10 +97,10 @@ def _dynamic_shapes(name: str, inputs: List[Dict[str, Any]], top: int):
     return (out[0], tuple(out[1:])) if name.endswith("_step") else tuple(out)  # step graphs: (x, *states)
 
 
-def _prepare(model: nn.Module, name: str, nq: Optional[int]):
+def _prepare(model: nn.Module, name: str, nq: Optional[int], precision: Optional[str] = None):
     if name not in GRAPHS:
         raise CodecError(f"unknown graph '{name}' (use one of {', '.join(GRAPHS)}).")
-    graph = build_graph(model, name, _check_nq(model, nq))
+    graph = build_graph(model, name, _check_nq(model, nq), precision)
     ex, ins, outs = graph_signature(graph, name)
     return graph, ex, ins, outs
 
@@ -115,29 +122,30 @@ class ExportedGraph:
     outputs: List[Dict[str, Any]]
 
 
-def export_graphs(model: nn.Module, nq: Optional[int] = None, graphs: Sequence[str] = tuple(GRAPHS)
-                  ) -> Dict[str, ExportedGraph]:
+def export_graphs(model: nn.Module, nq: Optional[int] = None, graphs: Sequence[str] = tuple(GRAPHS),
+                  precision: Optional[str] = None) -> Dict[str, ExportedGraph]:
     """``torch.export`` the graphs ``graphs`` of ``model`` (see :mod:`codec.deploy.graphs`) with the dynamic axes
-    of the ONNX export; ``nq`` sets the encoders' levels (default all)."""
+    of the ONNX export; ``nq`` sets the encoders' levels (default all), ``precision`` their arithmetic
+    (float32 or float64)."""
     nq = _check_nq(model, nq)
     out = {}
     for name in graphs:
-        graph, ex, ins, outs = _prepare(model, name, nq)
+        graph, ex, ins, outs = _prepare(model, name, nq, precision)
         out[name] = ExportedGraph(name, _export(graph, name, ex, ins), ex, ins, outs)
     return out
 
 
-def export_program(model: nn.Module, name: str = "encoder", nq: Optional[int] = None
-                   ) -> "torch.export.ExportedProgram":
+def export_program(model: nn.Module, name: str = "encoder", nq: Optional[int] = None,
+                   precision: Optional[str] = None) -> "torch.export.ExportedProgram":
     """``torch.export`` program of graph ``name`` (``encoder``, ``decoder``, ``encoder_step``, ``decoder_step``);
     ``program.module()(*inputs)`` runs it with the inputs listed in the manifest, in order."""
-    return export_graphs(model, nq, (name,))[name].program
+    return export_graphs(model, nq, (name,), precision)[name].program
 
 
 def export_onnx(model: nn.Module, out_dir: Union[str, os.PathLike], nq: Optional[int] = None,
                 opset: int = DEFAULT_OPSET, graphs: Sequence[str] = tuple(GRAPHS),
-                model_name: Optional[str] = None, exported: Optional[Dict[str, ExportedGraph]] = None
-                ) -> Dict[str, Any]:
+                model_name: Optional[str] = None, exported: Optional[Dict[str, ExportedGraph]] = None,
+                precision: Optional[str] = None) -> Dict[str, Any]:
     """Write the ONNX graphs of ``model`` and ``manifest.json`` to ``out_dir``; returns the manifest.
 
     Args:
@@ -147,11 +155,15 @@ def export_onnx(model: nn.Module, out_dir: Union[str, os.PathLike], nq: Optional
         opset: ONNX opset (default 18).
         graphs: which graphs to write (default all four).
         model_name: recorded in the manifest (default: the model's weights hash, if known).
-        exported: programs from :func:`export_graphs` to convert (default: exported here).
+        exported: programs from :func:`export_graphs` to convert (default: exported here, in ``precision``).
+        precision: the encoder graphs' arithmetic, ``"float32"`` (default) or ``"float64"`` (codes equal to
+            ``model.encode(..., precision="float64")`` in ONNX Runtime; Fourier encoders only).
     """
     import onnx  # noqa: F401  (a clear error below when the extra is missing)
 
     nq = _check_nq(model, nq)
+    precision = precision or "float32"
+    encode_dtype(precision)  # refuses an unknown name before anything is written
     if int(opset) < MIN_OPSET:
         raise CodecError(f"opset {opset} is too old: the graphs need ONNX opset {MIN_OPSET} or newer.")
     out = Path(out_dir)
@@ -163,12 +175,13 @@ def export_onnx(model: nn.Module, out_dir: Union[str, os.PathLike], nq: Optional
         "sample_rate": int(model.sample_rate), "hop_length": int(model.hop_length),
         "frame_rate": float(model.frame_rate), "nq": nq, "num_quantizers": int(model.num_quantizers),
         "codebook_size": int(model.codebook_size), "decoder_delay": int(model.decoder_delay),
-        "opset": int(opset), "torch": torch.__version__, "graphs": {},
+        "precision": precision, "opset": int(opset), "torch": torch.__version__, "graphs": {},
     }
     for name in graphs:
-        g = exported[name] if exported and name in exported else export_graphs(model, nq, (name,))[name]
+        g = exported[name] if exported and name in exported else export_graphs(model, nq, (name,), precision)[name]
         path = out / f"{name}.onnx"
-        torch.onnx.export(g.program, g.example, str(path), dynamo=True, opset_version=int(opset), verbose=False,
+        torch.onnx.export(g.program, g.example, str(path), dynamo=True, optimize=False, opset_version=int(opset),
+                          verbose=False,
                           external_data=False, input_names=[s["name"] for s in g.inputs],
                           output_names=[s["name"] for s in g.outputs])
         manifest["graphs"][name] = {"file": path.name, "inputs": g.inputs, "outputs": g.outputs}

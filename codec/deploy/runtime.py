@@ -56,7 +56,7 @@ class OnnxCodec:
     def initial_states(self, name: str, batch_size: int = 1) -> Dict[str, np.ndarray]:
         """Zero states of step graph ``name`` for ``batch_size`` streams ``{input name: array}``."""
         _, g = self._graph(name)
-        return {s["name"]: np.zeros([batch_size, *s["shape"][1:]], dtype=np.float32)
+        return {s["name"]: np.zeros([batch_size, *s["shape"][1:]], dtype=np.dtype(s["dtype"]))
                 for s in g["inputs"] if s["name"].startswith("state.")}
 
     def _step(self, name: str, key: str, x: np.ndarray, states: Dict[str, np.ndarray]):

@@ -24,6 +24,12 @@ from .vq import Codebook, VectorQuantize, _versions, code_stats
 EXACT_BLOCK_FRAMES = 64
 
 
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """Inference arithmetic: float64 input stays float64 (the runtime-independent encoding path), anything else
+    runs in float32."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 @dataclass
 class RVQOutput:
     """Result of ``ResidualVQ.forward``.
@@ -152,10 +158,12 @@ class ResidualVQ(nn.Module):
         return x, mask.to(x.device), was_2d
 
     def _rows(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Valid frames projected into rvq space, [N, rvq_dim] float32."""
-        rows = x.transpose(1, 2)[mask].float()
+        """Valid frames projected into rvq space, [N, rvq_dim] in float32 (float64 input stays float64)."""
+        rows = x.transpose(1, 2)[mask]
+        dt = _compute_dtype(rows)
+        rows = rows.to(dt)
         if isinstance(self.input_proj, nn.Linear):
-            rows = F.linear(rows, self.input_proj.weight.float(), self.input_proj.bias.float())
+            rows = F.linear(rows, self.input_proj.weight.to(dt), self.input_proj.bias.to(dt))
         return rows
 
     def _out_rows(self, acc: torch.Tensor) -> torch.Tensor:
@@ -172,36 +180,38 @@ class ResidualVQ(nn.Module):
         return out.transpose(1, 2)
 
     # --------------------------------------------------------------- inference
-    def _inference_tables(self) -> list:
-        """Per level ``(embT [d, K], c2 [K], in_w, in_b, out_table [K, rvq_dim], embed [K, d])`` in float32, cached
-        for all levels under one key (versions + content fingerprint of every tensor involved), so a call on a
-        few frames costs one small check instead of recomputing projections of every codebook."""
+    def _inference_tables(self, dtype: torch.dtype = torch.float32) -> list:
+        """Per level ``(embT [d, K], c2 [K], in_w, in_b, out_table [K, rvq_dim], embed [K, d])`` in ``dtype``
+        (float32, or float64 for the float64 encoding path), cached per dtype for all levels under one key
+        (versions + content fingerprint of every tensor involved), so a call on a few frames costs one small
+        check instead of recomputing projections of every codebook."""
         ts = []
         for layer in self.layers:
             ts.append(layer.cb.embed)
             if layer.has_proj:
                 ts += [layer.in_proj.weight, layer.in_proj.bias, layer.out_proj.weight, layer.out_proj.bias]
         key = _versions(*ts) + (self.l2_normalize,)
-        hit = self.__dict__.get("_tables_cache")
+        cache = self.__dict__.setdefault("_tables_cache", {})
+        hit = cache.get(dtype)
         if hit is not None and hit[0] == key:
             return hit[1]
         tabs = []
         with torch.no_grad():
             for layer in self.layers:
-                e = layer.cb.embed.detach().float()
+                e = layer.cb.embed.detach().to(dtype)
                 if self.l2_normalize:
                     en = F.normalize(e, dim=-1)
-                    embT, c2 = en.t().contiguous(), torch.zeros(e.shape[0], device=e.device)
+                    embT, c2 = en.t().contiguous(), torch.zeros(e.shape[0], device=e.device, dtype=dtype)
                 else:
                     embT, c2 = e.t().contiguous(), e.pow(2).sum(1)
                 w = b = None
                 out_t = e.contiguous()
                 if layer.has_proj:
-                    w, b = layer.in_proj.weight.detach().float(), layer.in_proj.bias.detach().float()
-                    out_t = F.linear(e, layer.out_proj.weight.detach().float(),
-                                     layer.out_proj.bias.detach().float()).contiguous()
+                    w, b = layer.in_proj.weight.detach().to(dtype), layer.in_proj.bias.detach().to(dtype)
+                    out_t = F.linear(e, layer.out_proj.weight.detach().to(dtype),
+                                     layer.out_proj.bias.detach().to(dtype)).contiguous()
                 tabs.append((embT, c2, w, b, out_t, e))
-        self.__dict__["_tables_cache"] = (key, tabs)
+        cache[dtype] = (key, tabs)
         return tabs
 
     def _encode_rows(self, h: torch.Tensor, n_q: int, stats: bool = False):
@@ -212,9 +222,9 @@ class ResidualVQ(nn.Module):
         N = h.shape[0]
         dev = h.device
         codes = torch.empty(N, n_q, dtype=torch.long, device=dev)
-        acc = torch.zeros(N, self.rvq_dim, device=dev)
+        acc = torch.zeros(N, self.rvq_dim, device=dev, dtype=h.dtype)
         K = self.codebook_size
-        tabs = self._inference_tables()[:n_q]
+        tabs = self._inference_tables(h.dtype)[:n_q]
         l2 = self.l2_normalize
         commit = torch.zeros(n_q, device=dev) if stats else None
         counts = torch.zeros(n_q, K, device=dev) if stats else None
@@ -253,7 +263,8 @@ class ResidualVQ(nn.Module):
         whatever the batch, length or chunking: the rows go through :meth:`encode` in fixed-shape blocks of
         :data:`EXACT_BLOCK_FRAMES` (the last one zero-padded)."""
         B, Fr, D = latent.shape
-        rows = latent.reshape(B * Fr, D).float()
+        rows = latent.reshape(B * Fr, D)
+        rows = rows.to(_compute_dtype(rows))
         n = rows.shape[0]
         if n == 0:
             return torch.zeros(B, n_q, 0, dtype=torch.long, device=latent.device)

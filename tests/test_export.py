@@ -169,6 +169,7 @@ def test_precision_errors(seanet, fourier, tmp_path, capsys):
     with pytest.raises(CodecError, match=r"^precision float64 export needs the Fourier encoder: ONNX Runtime has "
                                          r"no float64 convolution\.$"):
         export_onnx(seanet[0], tmp_path / "s", precision="float64")
+    assert not (tmp_path / "s").exists()  # refused before the directory is made
     assert main(["export", str(seanet[1]), str(tmp_path / "c"), "--format", "onnx", "--precision", "float16"]) == 2
     assert "argument --precision: invalid choice: 'float16'" in capsys.readouterr().err
 

@@ -38,7 +38,8 @@ def benchmark_onnx(model, seconds: float = 10.0, nq: int = 8, threads: int = 2, 
         x = (0.1 * torch.randn(1, 1, int(seconds * sr), generator=g)).numpy()
         e, d, codes = _time_round_trip(oc.encode, lambda c: oc.decode(c[:, :nq]), x, sr, repeats)
     return {"seconds": float(seconds), "nq": int(min(nq, codes.shape[1])), "threads": int(threads),
-            "precision": _precision(oc), "encode_x_realtime": seconds / e, "decode_x_realtime": seconds / d, "encode_s": e, "decode_s": d,
+            "precision": _precision(oc), "encode_x_realtime": seconds / e, "decode_x_realtime": seconds / d,
+            "encode_s": e, "decode_s": d,
             "export_s": export_s, "onnxruntime": onnxruntime.__version__}
 
 
@@ -112,7 +113,8 @@ def onnx_parity(model, inputs: Union[str, Sequence[str]], nq: int = 8, max_files
                 want = model.decode(torch.from_numpy(cut)).cpu().numpy()
             err = max(err, float(np.abs(oc.decode(cut) - want).max()))
     return {"files": len(files), "frames": frames, "levels": levels, "nq": int(nq), "threads": int(threads),
-            "precision": prec, "frames_identical_at_nq": same_nq / frames, "frames_identical_all_levels": same_all / frames,
+            "precision": prec, "frames_identical_at_nq": same_nq / frames,
+            "frames_identical_all_levels": same_all / frames,
             "codes_identical": float(same_levels.sum()) / (frames * levels),
             "codes_identical_per_level": [float(v) / frames for v in same_levels],
             "decode_max_abs_error": err, "onnxruntime": onnxruntime.__version__}

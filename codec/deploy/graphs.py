@@ -37,7 +37,8 @@ from ..nn import streaming as st
 from .fold import exportable_copy
 from .state import flat_states, install_states
 
-__all__ = ["EncoderGraph", "DecoderGraph", "EncoderStepGraph", "DecoderStepGraph", "GRAPHS", "build_graph"]
+__all__ = ["EncoderGraph", "DecoderGraph", "EncoderStepGraph", "DecoderStepGraph", "GRAPHS", "build_graph",
+           "graph_dtype"]
 
 
 class _Quantize(nn.Module):
@@ -107,15 +108,21 @@ class _Graph(nn.Module):
         self.__dict__["_quantizer"] = copy.quantizer  # read by the subclasses, not part of the graph
 
 
-def _encoder_precision(graph: _Graph, model: nn.Module, precision: Optional[str]) -> None:
-    """Cast an encoder graph's core and quantizer to ``precision`` (see the module docstring)."""
+def graph_dtype(model: nn.Module, precision: Optional[str]) -> torch.dtype:
+    """The encoder graphs' dtype for ``precision`` (see the module docstring); refuses an unknown name, and
+    float64 for a model whose encoder has convolutions."""
     dtype = encode_dtype(precision)
-    if dtype == torch.float32:
-        return
-    if getattr(model.config, "encoder_type", "seanet") != "fourier":
+    if dtype != torch.float32 and getattr(model.config, "encoder_type", "seanet") != "fourier":
         raise CodecError(f"precision {precision} export needs the Fourier encoder: ONNX Runtime has no "
                          f"{precision} convolution.")
-    graph.to(dtype)
+    return dtype
+
+
+def _encoder_precision(graph: _Graph, model: nn.Module, precision: Optional[str]) -> None:
+    """Cast an encoder graph's core and quantizer to ``precision``."""
+    dtype = graph_dtype(model, precision)
+    if dtype != torch.float32:
+        graph.to(dtype)
 
 
 class EncoderGraph(_Graph):

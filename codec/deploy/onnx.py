@@ -30,8 +30,7 @@ from torch import nn
 from torch.export import Dim
 
 from ..errors import CodecError
-from ..model import encode_dtype
-from .graphs import GRAPHS, build_graph
+from .graphs import GRAPHS, build_graph, graph_dtype
 
 __all__ = ["export_onnx", "export_program", "export_graphs", "ExportedGraph",
            "graph_signature", "MANIFEST", "DEFAULT_OPSET", "FORMAT"]
@@ -163,7 +162,7 @@ def export_onnx(model: nn.Module, out_dir: Union[str, os.PathLike], nq: Optional
 
     nq = _check_nq(model, nq)
     precision = precision or "float32"
-    encode_dtype(precision)  # refuses an unknown name before anything is written
+    graph_dtype(model, precision)  # refuses an unknown or unsupported precision before anything is written
     if int(opset) < MIN_OPSET:
         raise CodecError(f"opset {opset} is too old: the graphs need ONNX opset {MIN_OPSET} or newer.")
     out = Path(out_dir)

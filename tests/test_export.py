@@ -45,14 +45,20 @@ def fourier(tmp_path_factory):
     return model, exported, OnnxCodec(out), out
 
 
-@pytest.fixture(scope="module")
-def seanet(tmp_path_factory):
-    d = make_tiny_model_dir(tmp_path_factory.mktemp("seanet") / "m", **TINY_SEANET)
-    out = tmp_path_factory.mktemp("onnx-seanet")
-    assert main(["export", str(d), str(out), "--format", "onnx", "--nq", "5", "-q"]) == 0
+def cli_export(tmp_path_factory, name: str, config: dict, *flags: str):
+    """A tiny model of ``config`` saved and exported by ``codec export ... --format onnx FLAGS`` ->
+    ``(loaded model, model dir, OnnxCodec, export dir)``."""
     from codec import load
 
+    d = make_tiny_model_dir(tmp_path_factory.mktemp(name) / "m", **config)
+    out = tmp_path_factory.mktemp(f"onnx-{name}")
+    assert main(["export", str(d), str(out), "--format", "onnx", *flags, "-q"]) == 0
     return load(str(d)), d, OnnxCodec(out), out
+
+
+@pytest.fixture(scope="module")
+def seanet(tmp_path_factory):
+    return cli_export(tmp_path_factory, "seanet", TINY_SEANET, "--nq", "5")
 
 
 @pytest.fixture(params=["fourier", "seanet"])
@@ -63,12 +69,7 @@ def family(request):
 @pytest.fixture(scope="module")
 def fourier64(tmp_path_factory):
     """The tiny Fourier model saved and exported by the CLI with ``--precision float64``."""
-    d = make_tiny_model_dir(tmp_path_factory.mktemp("fourier64") / "m", **TINY_FOURIER)
-    out = tmp_path_factory.mktemp("onnx-fourier64")
-    assert main(["export", str(d), str(out), "--format", "onnx", "--precision", "float64", "-q"]) == 0
-    from codec import load
-
-    return load(str(d)), d, OnnxCodec(out), out
+    return cli_export(tmp_path_factory, "fourier64", TINY_FOURIER, "--precision", "float64")
 
 
 #: fraction of frames whose codes (all levels) must equal PyTorch's in float32: the graphs run ONNX Runtime's

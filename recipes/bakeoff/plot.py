@@ -2,6 +2,7 @@
 
     python recipes/bakeoff/plot.py OUT.png NAME=RUN_DIR [NAME=RUN_DIR[+HOURS] ...]
     python recipes/bakeoff/plot.py OUT.png NAME=docs/curves/stage4.jsonl+7.3   # a kept copy of the records
+    python recipes/bakeoff/plot.py OUT.png --nq 8,32 NAME=RUN_DIR   # one row of panels per number of levels
 
 ``+HOURS`` shifts a run's curve right by the CPU-hours spent before it (a run that continued another run's
 model with ``model.init_from``). Reads each run's ``metrics.jsonl``, or a ``.jsonl`` file named directly (the
@@ -27,35 +28,52 @@ def curves(run: Path, nq: int = 8):
     return out
 
 
+def _split_nq(argv):
+    """``[OUT, (--nq N,M)?, NAME=RUN...]`` -> (OUT, [N, M], runs); None when the arguments do not parse."""
+    nqs = [8]
+    if len(argv) > 2 and argv[1] == "--nq":
+        try:
+            nqs = [int(n) for n in argv[2].split(",")]
+        except ValueError:
+            return None
+        argv = argv[:1] + argv[3:]
+    if len(argv) < 2 or any("=" not in a for a in argv[1:]) or not nqs:
+        return None
+    return argv[0], nqs, argv[1:]
+
+
 def main(argv) -> int:
-    if len(argv) < 2 or any("=" not in a for a in argv[1:]):
+    parsed = _split_nq(argv)
+    if parsed is None:
         print(__doc__.strip(), file=sys.stderr)
         return 2
+    out, nqs, runs = parsed
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    print("| run | step | CPU-hours | PESQ-WB nq8 | STOI nq8 | mel nq8 |\n|---|---|---|---|---|---|")
-    for arg in argv[1:]:
-        name, run = arg.split("=", 1)
-        run, _, shift = run.partition("+")
-        pts = [(p[0] + float(shift or 0), *p[1:]) for p in curves(Path(run))]
-        if not pts:
-            continue
-        h = [p[0] for p in pts]
-        axes[0].plot(h, [p[2] for p in pts], marker="o", label=name)
-        axes[1].plot(h, [p[3] for p in pts], marker="o", label=name)
-        for p in pts:
-            print(f"| {name} | {p[1]} | {p[0]:.3f} | {p[2]:.3f} | {p[3]:.3f} | {p[4]:.3f} |")
-    for ax, what in zip(axes, ("PESQ-WB", "STOI")):
-        ax.set_xlabel("CPU-hours (2 DDP processes x 1 thread)")
-        ax.set_ylabel(f"{what} at nq 8 (6 kbps)")
-        ax.grid(alpha=0.3)
-        ax.legend()
+    fig, axes = plt.subplots(len(nqs), 2, figsize=(10, 4 * len(nqs)), squeeze=False)
+    for row, nq in zip(axes, nqs):
+        print(f"| run | step | CPU-hours | PESQ-WB nq{nq} | STOI nq{nq} | mel nq{nq} |\n|---|---|---|---|---|---|")
+        for arg in runs:
+            name, run = arg.split("=", 1)
+            run, _, shift = run.partition("+")
+            pts = [(p[0] + float(shift or 0), *p[1:]) for p in curves(Path(run), nq)]
+            if not pts:
+                continue
+            h = [p[0] for p in pts]
+            row[0].plot(h, [p[2] for p in pts], marker="o", label=name)
+            row[1].plot(h, [p[3] for p in pts], marker="o", label=name)
+            for p in pts:
+                print(f"| {name} | {p[1]} | {p[0]:.3f} | {p[2]:.3f} | {p[3]:.3f} | {p[4]:.3f} |")
+        for ax, what in zip(row, ("PESQ-WB", "STOI")):
+            ax.set_xlabel("CPU-hours (2 DDP processes x 1 thread)")
+            ax.set_ylabel(f"{what} at nq {nq} ({0.75 * nq:g} kbps)")
+            ax.grid(alpha=0.3)
+            ax.legend()
     fig.suptitle("Validation subset (12 held-out clips, <= 4 s) during training")
     fig.tight_layout()
-    fig.savefig(argv[0], dpi=110)
+    fig.savefig(out, dpi=110)
     return 0
 
 

@@ -68,7 +68,7 @@ def main(argv) -> int:
                 print(f"| {name} | {p[1]} | {p[0]:.3f} | {p[2]:.3f} | {p[3]:.3f} | {p[4]:.3f} |")
         for ax, what in zip(row, ("PESQ-WB", "STOI")):
             ax.set_xlabel("CPU-hours (2 DDP processes x 1 thread)")
-            ax.set_ylabel(f"{what} at nq {nq} ({0.75 * nq:g} kbps)")
+            ax.set_ylabel(f"{what} at nq {nq}")  # the records carry no bitrate: it depends on the model
             ax.grid(alpha=0.3)
             ax.legend()
     fig.suptitle("Validation subset (12 held-out clips, <= 4 s) during training")

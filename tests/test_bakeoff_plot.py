@@ -1,18 +1,14 @@
 """recipes/bakeoff/plot.py: learning curves from validation records, at one or several numbers of levels."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from recipe_modules import load_recipe
 
 
 def _plot_module():
-    spec = importlib.util.spec_from_file_location("bakeoff_plot", REPO / "recipes" / "bakeoff" / "plot.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_recipe("bakeoff/plot.py", "bakeoff_plot")
 
 
 def _records(path: Path) -> Path:

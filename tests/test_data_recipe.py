@@ -1,30 +1,17 @@
 """Tests for recipes/data/build_corpus.py on a tiny fake extracted package tree (no network, no apt)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import soundfile as sf
+from recipe_modules import load_recipe
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load_recipe():
-    path = os.path.join(ROOT, "recipes", "data", "build_corpus.py")
-    spec = importlib.util.spec_from_file_location("build_corpus", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["build_corpus"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-bc = _load_recipe()
+bc = load_recipe("data/build_corpus.py", "build_corpus")
 
 
 def speechlike(sr: int, dur: float, f0: float = 140.0, fmax: float = 3500.0, seed: int = 0) -> np.ndarray:

@@ -2,7 +2,6 @@
 driver trains, times itself and hands back a float16 model, all checked here on the CPU."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,20 +11,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from recipe_modules import load_recipe
 
 import codec
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _module(name: str):
-    spec = importlib.util.spec_from_file_location(f"gpu_{name}", REPO / "recipes" / "gpu" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
-
-pack_mod = _module("pack")
+pack_mod = load_recipe("gpu/pack.py", "gpu_pack")
 
 
 def _voiced(seconds: float, f0: float, sr: int = 24000) -> np.ndarray:

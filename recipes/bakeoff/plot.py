@@ -47,7 +47,12 @@ def main(argv) -> int:
     if parsed is None:
         print(__doc__.strip(), file=sys.stderr)
         return 2
-    out, nqs, runs = parsed
+    out, nqs, args = parsed
+    runs = []  # (name, records, CPU-hours before the run)
+    for arg in args:
+        name, run = arg.split("=", 1)
+        run, _, shift = run.partition("+")
+        runs.append((name, Path(run), float(shift or 0)))
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -55,10 +60,8 @@ def main(argv) -> int:
     fig, axes = plt.subplots(len(nqs), 2, figsize=(10, 4 * len(nqs)), squeeze=False)
     for row, nq in zip(axes, nqs):
         print(f"| run | step | CPU-hours | PESQ-WB nq{nq} | STOI nq{nq} | mel nq{nq} |\n|---|---|---|---|---|---|")
-        for arg in runs:
-            name, run = arg.split("=", 1)
-            run, _, shift = run.partition("+")
-            pts = [(p[0] + float(shift or 0), *p[1:]) for p in curves(Path(run), nq)]
+        for name, run, shift in runs:
+            pts = [(p[0] + shift, *p[1:]) for p in curves(run, nq)]
             if not pts:
                 continue
             h = [p[0] for p in pts]

@@ -33,7 +33,8 @@ class CodecConfig:
     ``2 * stride``.  Everything is causal.
     Quantizer (``codec.quantization.ResidualVQ``): ``num_quantizers``, ``codebook_size``, ``codebook_dim``,
     ``rvq_dim`` (0 = latent_dim), ``quantizer_dropout`` (fraction of training items using a random number of
-    levels), ``use_ema``, ``decay``, ``kmeans_init``, ``threshold_ema_dead_code``, ``commitment_weight``,
+    levels), ``quantizer_dropout_exponent`` (that number n drawn with probability ~ n ** -exponent; 0 = uniform),
+    ``use_ema``, ``decay``, ``kmeans_init``, ``threshold_ema_dead_code``, ``commitment_weight``,
     ``codebook_weight``.
     Frame-rate (Fourier) layers, :mod:`codec.nn.fourier`: ``encoder_type`` / ``decoder_type`` (``"seanet"``, the
     time-domain conv stack, or ``"fourier"``: causal STFT front end / inverse-STFT head around causal ConvNeXt
@@ -59,6 +60,7 @@ class CodecConfig:
     codebook_dim: int = 8
     rvq_dim: int = 0
     quantizer_dropout: float = 0.5
+    quantizer_dropout_exponent: float = 0.0
     use_ema: bool = True
     decay: float = 0.99
     kmeans_init: bool = True
@@ -129,7 +131,7 @@ class CodecConfig:
             req(isinstance(v, tuple) and len(v) <= max_len and all(is_int(x) for x in v),
                 f"{name} must be a list of at most {max_len} integers")
             req(all(lo <= x <= hi for x in v), f"every entry of {name} must be in {lo}..{hi}")
-        for name in ("quantizer_dropout", "decay", "threshold_ema_dead_code", "commitment_weight", "codebook_weight"):
+        for name in ("quantizer_dropout", "quantizer_dropout_exponent", "decay", "threshold_ema_dead_code", "commitment_weight", "codebook_weight"):
             req(is_num(getattr(self, name)) and getattr(self, name) >= 0, f"{name} must be a finite number >= 0")
         for name in ("use_ema", "kmeans_init"):
             req(isinstance(getattr(self, name), bool), f"{name} must be true or false")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from codec.quantization import Codebook, ResidualVQ, RVQOutput, VectorQuantize, kmeans
+from codec.quantization import Codebook, ResidualVQ, RVQOutput, VectorQuantize, draw_level_counts, kmeans
 from codec.bench.rvq import bench_rvq
 
 
@@ -294,6 +294,45 @@ def test_quantizer_dropout_varies_levels_per_item():
         assert (out.codes[b, n[b]:] == -1).all()
     rvq.eval()
     assert (rvq(x).n_levels == 8).all() and (rvq(x).codes >= 0).all()  # no dropout at inference
+
+
+def test_draw_level_counts_uniform_is_randint_and_exponent_follows_power_law():
+    from scipy.stats import chisquare
+
+    torch.manual_seed(3)
+    a = draw_level_counts(500, 2, 9)
+    torch.manual_seed(3)
+    assert torch.equal(a, torch.randint(2, 10, (500,)))  # exponent 0: the old uniform stream, draw for draw
+    torch.manual_seed(4)
+    n = draw_level_counts(40000, 1, 8, exponent=1.0)
+    assert n.min() >= 1 and n.max() <= 8
+    observed = torch.bincount(n, minlength=9)[1:].double().numpy()
+    expected = 1.0 / np.arange(1, 9)
+    expected = expected / expected.sum() * observed.sum()
+    assert chisquare(observed, expected).pvalue > 1e-3  # P(n) ~ 1/n
+    assert chisquare(observed, np.full(8, observed.sum() / 8)).pvalue < 1e-12  # and not uniform
+
+
+def test_quantizer_dropout_exponent_favours_few_levels():
+    x = torch.randn(4000, 8, 1)
+    means = []
+    for exponent in (0.0, 1.0):
+        torch.manual_seed(5)
+        rvq = ResidualVQ(input_dim=8, num_quantizers=32, codebook_size=16, codebook_dim=4, quantizer_dropout=1.0,
+                         quantizer_dropout_exponent=exponent, kmeans_init=False)
+        means.append(float(rvq(x).n_levels.double().mean()))
+    assert means[0] == pytest.approx(16.5, abs=0.5)  # uniform over 1..32
+    assert means[1] == pytest.approx(32 / sum(1 / k for k in range(1, 33)), abs=0.5)  # 1/n: mean 32 / H(32)
+
+
+def test_config_refuses_negative_dropout_exponent_and_reads_old_files_as_uniform():
+    from codec.config import CodecConfig
+
+    with pytest.raises(ValueError, match="quantizer_dropout_exponent must be a finite number >= 0"):
+        CodecConfig(quantizer_dropout_exponent=-1.0)
+    old = CodecConfig().to_dict()
+    old.pop("quantizer_dropout_exponent")  # a config.json written before the field existed
+    assert CodecConfig.from_dict(old).quantizer_dropout_exponent == 0.0
 
 
 def test_skip_rvq_ratio_bypasses_quantizer():

@@ -23,10 +23,10 @@ Public API: ``ResidualVQ``, ``VectorQuantize`` (one level), ``Codebook``, ``RVQO
 benchmark: ``codec.bench.rvq.bench_rvq``.
 """
 from .kmeans import kmeans
-from .rvq import ResidualVQ, RVQOutput
+from .rvq import ResidualVQ, RVQOutput, draw_level_counts
 from .vq import Codebook, VectorQuantize, VQOutput
 
-__all__ = ["ResidualVQ", "RVQOutput", "VectorQuantize", "VQOutput", "Codebook", "kmeans"]
+__all__ = ["ResidualVQ", "RVQOutput", "draw_level_counts", "VectorQuantize", "VQOutput", "Codebook", "kmeans"]
 
 # semantic IDs on item embeddings (see codec.semantic_ids)
 from .residual_kmeans import ResidualKMeansFit, assign_residual, constrained_assign, residual_kmeans

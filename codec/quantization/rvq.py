@@ -55,6 +55,18 @@ class RVQOutput:
     n_levels: Optional[torch.Tensor] = None
 
 
+def draw_level_counts(count: int, low: int, high: int, exponent: float = 0.0,
+                      device: Optional[torch.device] = None) -> torch.Tensor:
+    """``count`` random level counts in ``low..high`` (long ``[count]``), each ``n`` with probability proportional
+    to ``n ** -exponent``: 0 draws uniformly (the same random stream as ``torch.randint``), larger values favour
+    few levels (low bitrates)."""
+    if exponent == 0.0:
+        return torch.randint(low, high + 1, (count,), device=device)
+    n = torch.arange(low, high + 1, device=device)
+    weights = n.double().pow(-float(exponent))
+    return n[torch.multinomial(weights, count, replacement=True)]
+
+
 def _lengths_to_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:
     return torch.arange(T, device=lengths.device)[None, :] < lengths.to(torch.long)[:, None]
 
@@ -76,6 +88,8 @@ class ResidualVQ(nn.Module):
         commitment_weight, codebook_weight: loss weights.
         quantizer_dropout: fraction of batch items that use a random number of levels in training.
         quantizer_dropout_cutoff: levels below this index are always kept (n >= max(1, cutoff)).
+        quantizer_dropout_exponent: a dropped item's level count n is drawn with probability proportional to
+            n ** -exponent (0 = uniform, as in DAC; 1 puts about two thirds of the draws of 1..32 at n <= 8).
         skip_rvq_ratio: probability (per item, training) of bypassing quantisation (output = projection round trip).
         sinkhorn: balanced (Sinkhorn) assignment during training; sinkhorn_iters / sinkhorn_temperature tune it.
         chunk_size: rows per distance block at inference.
@@ -87,6 +101,7 @@ class ResidualVQ(nn.Module):
                  decay: float = 0.99, epsilon: float = 1e-5, kmeans_init: bool = True, kmeans_iters: int = 10,
                  threshold_ema_dead_code: float = 2.0, commitment_weight: float = 0.25,
                  codebook_weight: float = 1.0, quantizer_dropout: float = 0.0, quantizer_dropout_cutoff: int = 0,
+                 quantizer_dropout_exponent: float = 0.0,
                  skip_rvq_ratio: float = 0.0, sinkhorn: bool = False, sinkhorn_iters: int = 3,
                  sinkhorn_temperature: float = 0.05, chunk_size: int = 2048) -> None:
         super().__init__()
@@ -103,6 +118,7 @@ class ResidualVQ(nn.Module):
         self.codebook_weight = float(codebook_weight)
         self.quantizer_dropout = float(quantizer_dropout)
         self.quantizer_dropout_cutoff = int(quantizer_dropout_cutoff)
+        self.quantizer_dropout_exponent = float(quantizer_dropout_exponent)
         self.skip_rvq_ratio = float(skip_rvq_ratio)
         self.chunk_size = int(chunk_size)
         if self.num_quantizers < 1:
@@ -317,7 +333,7 @@ class ResidualVQ(nn.Module):
         if self.quantizer_dropout > 0:
             lo = min(max(1, self.quantizer_dropout_cutoff), n_q)
             drop = torch.rand(B, device=device) < self.quantizer_dropout
-            rnd = torch.randint(lo, n_q + 1, (B,), device=device)
+            rnd = draw_level_counts(B, lo, n_q, self.quantizer_dropout_exponent, device)
             n = torch.where(drop, rnd, n)
         if self.skip_rvq_ratio > 0:
             skip = torch.rand(B, device=device) < self.skip_rvq_ratio

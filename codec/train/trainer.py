@@ -39,6 +39,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from codec.errors import CodecError
+from codec.quantization import draw_level_counts
 
 from . import ddp
 from .build import build_model
@@ -350,7 +351,8 @@ class Trainer:
         wav, lengths = wav.to(self.device, non_blocking=True), lengths.to(self.device)
         nq_max = int(self.model.num_quantizers)
         drop = float(self.model.config.quantizer_dropout or 0.0)
-        n_q = int(torch.randint(1, nq_max + 1, ())) if drop > 0 and float(torch.rand(())) < drop else None
+        n_q = (int(draw_level_counts(1, 1, nq_max, self.model.config.quantizer_dropout_exponent))
+               if drop > 0 and float(torch.rand(())) < drop else None)
         T = wav.shape[-1]
         smask = sample_mask(lengths, wav.shape[0], T, self.device).unsqueeze(1).to(wav.dtype)
         with torch.no_grad(), self._autocast():

@@ -131,7 +131,8 @@ class CodecConfig:
             req(isinstance(v, tuple) and len(v) <= max_len and all(is_int(x) for x in v),
                 f"{name} must be a list of at most {max_len} integers")
             req(all(lo <= x <= hi for x in v), f"every entry of {name} must be in {lo}..{hi}")
-        for name in ("quantizer_dropout", "quantizer_dropout_exponent", "decay", "threshold_ema_dead_code", "commitment_weight", "codebook_weight"):
+        for name in ("quantizer_dropout", "quantizer_dropout_exponent", "decay", "threshold_ema_dead_code",
+                     "commitment_weight", "codebook_weight"):
             req(is_num(getattr(self, name)) and getattr(self, name) >= 0, f"{name} must be a finite number >= 0")
         for name in ("use_ema", "kmeans_init"):
             req(isinstance(getattr(self, name), bool), f"{name} must be true or false")

@@ -11,13 +11,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from recipe_modules import load_recipe
+from recipe_modules import REPO, load_recipe
 
 import codec
-
-REPO = Path(__file__).resolve().parents[1]
-
-
 
 pack_mod = load_recipe("gpu/pack.py", "gpu_pack")
 

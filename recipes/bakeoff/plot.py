@@ -74,7 +74,7 @@ def main(argv) -> int:
             ax.set_ylabel(f"{what} at nq {nq}")  # the records carry no bitrate: it depends on the model
             ax.grid(alpha=0.3)
             ax.legend()
-    fig.suptitle("Validation subset (12 held-out clips, <= 4 s) during training")
+    fig.suptitle("Validation subset (the first data.valid_items held-out clips, <= 4 s) during training")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     return 0

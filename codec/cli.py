@@ -60,6 +60,7 @@ are refused; clipped or louder-than-full-scale input gives a warning and is enco
   codec bench                      # model + streaming + quantizer, table on stdout
   codec bench --json bench.json    # also write JSON
   codec bench rvq                  # quantizer only
+  codec bench model --chunk-frames 4   # stream 4 frames (53 ms at 24 kHz) per chunk
   codec bench encodec --preset 24khz --nq 32   # speed beside EnCodec 24 kHz (pip install encodec)
   codec bench model --onnx         # also ONNX Runtime speed beside PyTorch's (pip install codec[deploy])""",
     "export": """examples:

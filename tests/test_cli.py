@@ -13,6 +13,7 @@ import soundfile as sf
 import torch
 
 from codec.cli import main
+from codec.config import CodecConfig
 from codec.codes_format import read_codes, read_header
 from test_cli_common import listing, make_tiny_model_dir, models_by_name, speechlike, write_wav
 
@@ -271,6 +272,19 @@ def test_bench_model_preset_random_weights(tmp_path, capsys):
     assert "random weights, preset 'tiny'" in json.dumps(d)
     assert run("bench", "model", "--preset", "nope") == 2
     assert capsys.readouterr().err.strip() == "codec: error: unknown --preset 'nope' (use 24khz, 16khz or tiny)."
+
+
+def test_bench_streaming_chunk_frames(tmp_path, capsys):
+    """--chunk-frames sets the streaming benchmark's chunk (the memory benchmark keeps its own); below 1 is refused."""
+    assert run("bench", "model", "--preset", "tiny", "--seconds", 1, "--memory-seconds", "1,2",
+               "--chunk-frames", 3, "--json", tmp_path / "b.json") == 0
+    d = json.loads((tmp_path / "b.json").read_text())
+    hop = CodecConfig.preset("tiny").hop_length
+    assert d["streaming"]["chunk_samples"] == 3 * hop
+    assert d["memory"]["chunk_frames"] == 75
+    capsys.readouterr()
+    assert run("bench", "model", "--preset", "tiny", "--chunk-frames", 0) == 2
+    assert capsys.readouterr().err.strip() == "codec: error: --chunk-frames must be at least 1, got 0."
 
 
 class _FakeEncodec(torch.nn.Module):

@@ -52,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-seconds", default="10,60", metavar="A,B",
                         help="stream lengths (s) for the peak-memory check in a subprocess (default 10,60)")
     parser.add_argument("--nq", type=int, default=None, help="levels used (default: 8 or the model's maximum)")
+    parser.add_argument("--chunk-frames", type=int, default=1, metavar="N",
+                        help="frames fed per chunk in the streaming benchmark (default 1: the lowest latency)")
     parser.add_argument("--rvq-frames", type=int, default=100_000, help="frames for the quantizer benchmark")
     parser.add_argument("--device", default=None, help="torch device (default cpu)")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON to FILE")
@@ -135,6 +137,10 @@ def collect(args: argparse.Namespace) -> Dict[str, Any]:
         except ValueError:
             raise CodecError(f"--memory-seconds must be comma-separated numbers, got '{args.memory_seconds}'.") from None
         model_path = args.model if args.model and __import__("os").path.isdir(args.model) else None
+        chunk_frames = getattr(args, "chunk_frames", 1)
+        if chunk_frames < 1:
+            raise CodecError(f"--chunk-frames must be at least 1, got {chunk_frames}.")
+        chunk_ms = 1000.0 * chunk_frames * model.hop_length / model.sample_rate
         common = dict(model=model, seconds=args.seconds, nq=nq, device=args.device,
                       threads=getattr(args, "threads", None))
         for key, fname in (("offline", "benchmark_model"), ("streaming", "benchmark_streaming"),
@@ -144,7 +150,8 @@ def collect(args: argparse.Namespace) -> Dict[str, Any]:
                 out[key] = {"error": f"codec.bench.model.{fname} is missing"}
                 continue
             t0 = time.perf_counter()
-            extra = dict(seconds_list=mem_list, model_path=model_path) if key == "memory" else {}
+            extra = ({"seconds_list": mem_list, "model_path": model_path} if key == "memory"
+                     else {"chunk_ms": chunk_ms} if key == "streaming" else {})
             out[key] = _plain(call_with_accepted(fn, **common, **extra))
             if not isinstance(out[key], dict):
                 out[key] = {"result": out[key]}

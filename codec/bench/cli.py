@@ -140,7 +140,6 @@ def collect(args: argparse.Namespace) -> Dict[str, Any]:
         chunk_frames = getattr(args, "chunk_frames", 1)
         if chunk_frames < 1:
             raise CodecError(f"--chunk-frames must be at least 1, got {chunk_frames}.")
-        chunk_ms = 1000.0 * chunk_frames * model.hop_length / model.sample_rate
         common = dict(model=model, seconds=args.seconds, nq=nq, device=args.device,
                       threads=getattr(args, "threads", None))
         for key, fname in (("offline", "benchmark_model"), ("streaming", "benchmark_streaming"),
@@ -151,7 +150,7 @@ def collect(args: argparse.Namespace) -> Dict[str, Any]:
                 continue
             t0 = time.perf_counter()
             extra = ({"seconds_list": mem_list, "model_path": model_path} if key == "memory"
-                     else {"chunk_ms": chunk_ms} if key == "streaming" else {})
+                     else {"chunk_frames": chunk_frames} if key == "streaming" else {})
             out[key] = _plain(call_with_accepted(fn, **common, **extra))
             if not isinstance(out[key], dict):
                 out[key] = {"result": out[key]}

@@ -164,9 +164,9 @@ def codec_macs_per_frame(model) -> Dict[str, int]:
     return {"encoder": int(counted["encoder"]), "decoder": int(counted["decoder"]), "rvq_all_levels": int(rvq)}
 
 
-def benchmark_streaming(model, chunk_ms: Optional[float] = None, seconds: float = 5.0, nq: int = 8,
+def benchmark_streaming(model, chunk_frames: int = 1, seconds: float = 5.0, nq: int = 8,
                         threads: int = 2, batch_size: int = 1, **_: Any) -> Dict[str, Any]:
-    """Streaming per-chunk wall time (encoder feed and decoder feed), default chunk = one frame.
+    """Streaming per-chunk wall time (encoder feed and decoder feed), ``chunk_frames`` frames per chunk.
 
     Returns mean / median / p95 / max milliseconds per chunk for encoder and decoder, the chunk length in ms
     and the real-time factor (chunk duration / mean time)."""
@@ -175,7 +175,7 @@ def benchmark_streaming(model, chunk_ms: Optional[float] = None, seconds: float 
         model.eval()
         sr, hop = model.sample_rate, model.hop_length
         nq = min(int(nq), model.num_quantizers)
-        chunk = hop if chunk_ms is None else max(1, int(round(chunk_ms * sr / 1000.0)))
+        chunk = hop * int(chunk_frames)
         g = torch.Generator().manual_seed(0)
         x = (0.1 * torch.randn(batch_size, 1, int(seconds * sr), generator=g)).to(model.device)
         et, dt, nfr = [], [], 0

@@ -185,7 +185,7 @@ def test_spectrogram_panels_pick_ours_by_kind_not_name():
 def test_cli_help_lists_flags_and_examples(capsys):
     assert main(["eval", "-h"]) == 0
     out = capsys.readouterr().out
-    for flag in ("--model", "--nq", "--baseline", "--out", "--max-files", "--metrics", "--spectrograms"):
+    for flag in ("--model", "--nq", "--baseline", "--out", "--max-files", "--metrics", "--spectrograms", "--against"):
         assert flag in out
     assert "examples:\n  codec eval refs/ --model speech-24k" in out
 

@@ -615,8 +615,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "examples:\n"
         "  codec eval refs/ --model speech-24k --nq 1,2,4,8,16,32 --baseline opus,amr-wb,codec2 --out eval-out\n"
         "  codec eval valid.jsonl --model runs/x/export --nq 8 --baseline opus@6+12 --max-files 10\n"
-        "  codec eval refs/ --baseline codec2@3200+700C --sample-rate 16000 --metrics pesq,stoi\n")
-    parser.add_argument("input", help="reference audio: a directory, a .jsonl manifest (path field) or a file")
+        "  codec eval refs/ --baseline codec2@3200+700C --sample-rate 16000 --metrics pesq,stoi\n"
+        "  codec eval valid.jsonl --model runs/x/export --out eval-x --against eval-shipped   # paired, per clip\n"
+        "  codec eval eval-x/results.json --against eval-shipped/results.json   # two earlier runs, nothing re-run\n")
+    parser.add_argument("input", help="reference audio: a directory, a .jsonl manifest (path field) or a file; or an "
+                        "earlier run's results.json to compare with --against")
     parser.add_argument("--model", default=None, help="model directory or pretrained name (omit: baselines only)")
     parser.add_argument("--nq", default="1,2,4,8,16,32", help="comma-separated numbers of quantizers")
     parser.add_argument("--baseline", default="", help="classical codecs: opus,amr-wb,codec2 (defaults) or e.g. "
@@ -629,11 +632,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample-rate", type=int, default=None, help="reference rate without --model (24000)")
     parser.add_argument("--spectrograms", type=int, default=3, help="spectrogram PNGs for the first N files")
     parser.add_argument("--device", default=None, help="torch device for the model (default cpu)")
+    parser.add_argument("--against", default=None, metavar="OLD",
+                        help="an earlier run's results.json (or its --out directory): also print a paired per-clip "
+                        "comparison (clips better / worse, Wilcoxon p; comparison.md and .json under --out)")
+
+
+def _is_results_file(path: str) -> bool:
+    return os.path.isfile(path) and path.endswith(".json")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``codec eval``; prints the table; returns 0."""
+    """Run ``codec eval``; prints the table (and the paired comparison with ``--against``); returns 0."""
+    from codec.eval import compare as CMP
+
     metrics = [m.strip() for m in str(args.metrics).split(",") if m.strip()]
+    old = CMP.load_results(args.against) if args.against else None
+    if _is_results_file(str(args.input)):
+        if old is None:
+            raise OptionError("against", "OLD is needed with a results.json input: it names the run to compare "
+                              "with.", lead="")
+        chosen = expand_metrics(metrics) if str(args.metrics) != ",".join(DEFAULT_METRICS) else None
+        print(CMP.format_comparison(CMP.compare(old, CMP.load_results(args.input), chosen)))
+        return 0
     res = evaluate(args.input, model=args.model, nqs=args.nq, baselines=args.baseline, out_dir=args.out,
                    max_files=args.max_files, device=args.device, sample_rate=args.sample_rate, metrics=metrics,
                    n_spectrograms=args.spectrograms)
@@ -641,4 +661,13 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         print(f"wrote {os.path.join(args.out, 'results.json')}, results.md, results.csv and "
               f"{len(res.get('plots', []))} PNG files")
+    if old is not None:
+        cmp = CMP.compare(old, res)
+        text = CMP.format_comparison(cmp)
+        print("\n" + text)
+        if args.out:
+            with open(os.path.join(args.out, "comparison.md"), "w", encoding="utf-8") as f:
+                f.write(text + "\n")
+            with open(os.path.join(args.out, "comparison.json"), "w", encoding="utf-8") as f:
+                json.dump(_jsonable(cmp), f, indent=1)
     return 0

@@ -41,6 +41,7 @@ from .nn import streaming as st
 from .nn.fourier import FourierDecoder, FourierEncoder
 from .nn.seanet import SeanetDecoder, SeanetEncoder
 from .quantization import ResidualVQ
+from .quantization.rvq import EXACT_BLOCK_FRAMES
 from .errors import OptionError
 from .validation import InputError, check_audio, check_codes
 
@@ -115,9 +116,13 @@ class CodecModel(nn.Module):
         self.quantizer = quantizer if quantizer is not None else build_quantizer(self.config)
         self.decoder = decoder if decoder is not None else build_decoder(self.config)
         self.weights_hash: Optional[str] = None
-        #: offline encode/decode run in blocks of this many frames through the streaming states (same results,
-        #: cache-friendly, memory flat in the signal length); not a weight or config field.
-        self.block_frames = 75
+        #: offline encode / decode run in blocks of this many frames through the streaming states (the same codes,
+        #: audio within float rounding; cache-friendly; not weights or config fields).  The encoder's block is a
+        #: multiple of the quantizer's fixed block (:data:`~codec.quantization.rvq.EXACT_BLOCK_FRAMES`, 64) so
+        #: that only the last block is zero-padded (75-frame blocks padded to 128 rows: 2026-12-06, a 10 s
+        #: encode took 0.39 s at 75, 0.26 s at 128, 0.22 s at 256 frames, one thread beside a training run).
+        self.encode_block_frames = 4 * EXACT_BLOCK_FRAMES
+        self.decode_block_frames = 75
 
     # ------------------------------------------------------------------ facts
     @property
@@ -182,9 +187,9 @@ class CodecModel(nn.Module):
         return self.quantizer.encode_exact(latent, nq)
 
     def _encode_blocks(self, x: torch.Tensor, nq: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """x [B, 1, F*hop] -> codes [B, nq, F], processed in blocks of ``block_frames`` frames with streaming
-        states (bit-identical to one pass)."""
-        hop, bf = self.hop_length, max(1, int(self.block_frames))
+        """x [B, 1, F*hop] -> codes [B, nq, F], processed in blocks of ``encode_block_frames`` frames with
+        streaming states (bit-identical to one pass)."""
+        hop, bf = self.hop_length, max(1, int(self.encode_block_frames))
         frames = x.shape[-1] // hop
         if frames <= bf:
             return self._encode_frames_exact(x, nq, dtype)
@@ -193,9 +198,9 @@ class CodecModel(nn.Module):
         return torch.cat(out, dim=-1)
 
     def _decode_blocks(self, z: torch.Tensor, frame_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """latent [B, D, F] -> audio [B, 1, F*hop] in blocks of ``block_frames`` frames (streaming states; the
-        decoder's delay is compensated: output sample n is the stream's sample n + delay)."""
-        bf = max(1, int(self.block_frames))
+        """latent [B, D, F] -> audio [B, 1, F*hop] in blocks of ``decode_block_frames`` frames (streaming states;
+        the decoder's delay is compensated: output sample n is the stream's sample n + delay)."""
+        bf = max(1, int(self.decode_block_frames))
         frames = z.shape[-1]
         if frames <= bf:
             return self.decoder(z, frame_mask)

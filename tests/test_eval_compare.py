@@ -106,6 +106,10 @@ def test_cli_compares_two_results_files(tmp_path, capsys):
     assert main(["eval", str(new)]) == 2
     assert capsys.readouterr().err.strip() == ("codec: error: --against OLD is needed with a results.json input: it "
                                                "names the run to compare with.")
+    # an evaluation whose files the earlier run never scored is refused before any scoring
+    assert main(["eval", str(SAMPLE), "--model", "tiny-missing", "--against", str(old)]) == 2
+    assert capsys.readouterr().err.strip() == ("codec: error: the two runs share no file: compare runs made on the "
+                                               "same input.")
     assert main(["eval", str(new), "--against", str(tmp_path / "nope")]) == 2
     assert capsys.readouterr().err.strip() == (f"codec: error: '{tmp_path / 'nope'}' does not exist: give a "
                                                "results.json written by 'codec eval --out DIR' (or that DIR).")

@@ -22,7 +22,7 @@ import numpy as np
 
 from codec.errors import CodecError
 
-__all__ = ["load_results", "compare", "format_comparison"]
+__all__ = ["load_results", "check_overlap", "compare", "format_comparison"]
 
 RESULTS_NAME = "results.json"
 
@@ -89,6 +89,19 @@ def _row(system: str, metric: str, files: List[str], old: List[float], new: List
     return row
 
 
+def check_overlap(old: Dict[str, object], files: List[str]) -> List[str]:
+    """The files of ``files`` that the ``old`` record scored too (in ``files``' order).
+
+    Raises:
+        CodecError: none of them.
+    """
+    seen = {str(f) for f in old["files"]}  # type: ignore[union-attr]
+    common = [str(f) for f in files if str(f) in seen]
+    if not common:
+        raise CodecError("the two runs share no file: compare runs made on the same input.")
+    return common
+
+
 def compare(old: Dict[str, object], new: Dict[str, object], metrics: Optional[List[str]] = None) -> Dict[str, object]:
     """Paired per-clip comparison of two ``codec eval`` records (as :func:`load_results` or ``evaluate`` give).
 
@@ -104,9 +117,7 @@ def compare(old: Dict[str, object], new: Dict[str, object], metrics: Optional[Li
     """
     old_files, new_files = [str(f) for f in old["files"]], [str(f) for f in new["files"]]  # type: ignore[union-attr]
     old_at = {f: i for i, f in enumerate(old_files)}
-    common = [f for f in new_files if f in old_at]
-    if not common:
-        raise CodecError("the two runs share no file: compare runs made on the same input.")
+    common = check_overlap(old, new_files)
     new_at = {f: i for i, f in enumerate(new_files)}
     old_sys = {str(s["name"]): s for s in old["systems"]}  # type: ignore[union-attr,index]
     pairs = [(s, old_sys[str(s["name"])]) for s in new["systems"] if str(s["name"]) in old_sys]  # type: ignore

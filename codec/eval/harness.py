@@ -654,6 +654,8 @@ def run(args: argparse.Namespace) -> int:
         chosen = expand_metrics(metrics) if str(args.metrics) != ",".join(DEFAULT_METRICS) else None
         print(CMP.format_comparison(CMP.compare(old, CMP.load_results(args.input), chosen)))
         return 0
+    if old is not None:  # refuse before minutes of scoring, not after
+        CMP.check_overlap(old, list_inputs(args.input, args.max_files))
     res = evaluate(args.input, model=args.model, nqs=args.nq, baselines=args.baseline, out_dir=args.out,
                    max_files=args.max_files, device=args.device, sample_rate=args.sample_rate, metrics=metrics,
                    n_spectrograms=args.spectrograms)

@@ -46,7 +46,6 @@ def load_results(path: Union[str, os.PathLike]) -> Dict[str, object]:
         raise CodecError(f"'{p}' is not a results file of 'codec eval' ({type(e).__name__}).") from None
     if not isinstance(rec, dict) or not isinstance(rec.get("files"), list) or not isinstance(rec.get("systems"), list):
         raise CodecError(f"'{p}' is not a results file of 'codec eval' (no 'files' and 'systems' lists).")
-    rec.setdefault("source", p)
     return rec
 
 

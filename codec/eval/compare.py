@@ -139,7 +139,7 @@ def compare(old: Dict[str, object], new: Dict[str, object], metrics: Optional[Li
 
 
 def _num(v: float, digits: int, signed: bool = False) -> str:
-    if v is None or not math.isfinite(v):
+    if not math.isfinite(v):
         return "-"
     return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
 

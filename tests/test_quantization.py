@@ -418,3 +418,23 @@ def test_bench_rvq_small():
     assert res["threads"] == 1 and (res["n_frames"], res["num_quantizers"], res["codebook_size"]) == (2000, 4, 64)
     assert res["vqp_status"] == "skipped" and res["vqp_fps"] is None
     assert all(math.isfinite(res[k]) for k in ("ours_fps", "floor_fps", "ratio_floor_over_ours"))
+
+
+def test_inference_tables_follow_writes_that_skip_the_version_counter():
+    """encode / decode cache their tables; a write through ``.data`` (as DDP's broadcast does) must still be seen."""
+    torch.manual_seed(12)
+    rvq = _small(rvq_dim=8, output_dim=6)
+    x = torch.randn(2, 16, 10)
+    rvq(x)
+    rvq.eval()
+    codes = rvq.encode(x)
+    before = rvq.decode(codes)
+    fresh = copy.deepcopy(rvq)
+    with torch.no_grad():
+        for layer in rvq.layers:  # a new codebook and output projection, written behind autograd's back
+            layer.cb.embed.data.copy_(torch.randn_like(layer.cb.embed))
+            layer.out_proj.weight.data.mul_(2.0)
+    fresh.layers.load_state_dict(rvq.layers.state_dict())
+    assert torch.equal(rvq.encode(x), fresh.encode(x))  # the same as a quantizer that never cached anything
+    assert torch.equal(rvq.decode(codes), fresh.decode(codes))
+    assert not torch.allclose(rvq.decode(codes), before)

@@ -9,8 +9,8 @@ from torch.utils.data import DataLoader
 
 from codec.errors import CodecError
 from codec.train.config import load_config
-from codec.train.data import (CropDataset, StepBatchSampler, ValidDataset, collate, rms_normalize, read_items,
-                              worker_init_fn)
+from codec.train.data import (CropDataset, StepBatchSampler, ValidDataset, collate, load_segment, rms_normalize,
+                              read_items, worker_init_fn)
 
 
 def _write_tones(folder, n=5, sr=16000):
@@ -105,6 +105,35 @@ def test_crops_deterministic_padded_resampled_normalised(tmp_path):
         x, n = v[i]
         assert n == x.shape[-1]
         assert abs(n - round(items[i]["duration"] * 16000)) <= 2 if "duration" in items[i] else n > 0
+
+
+def test_level_range_draws_each_crops_level_and_validation_can_keep_the_recorded_level(tmp_path):
+    _write_tones(tmp_path / "wavs")
+    items = read_items(tmp_path / "wavs")
+    ds = CropDataset(items, 16000, 0.5, seed=3, rms_db=[-40.0, -12.0])
+    levels = []
+    for k in range(40):
+        x, n = ds[k]
+        assert np.array_equal(x, ds[k][0])                     # still deterministic in k
+        levels.append(20 * np.log10(np.sqrt(np.mean(x[0, :n].astype(np.float64) ** 2))))
+    levels = np.array(levels)
+    assert levels.min() >= -40.5 and levels.max() <= -11.5
+    assert levels.max() - levels.min() > 15                    # spread over the range, not one level
+    recorded = ValidDataset(items, 16000, max_items=2, rms_db=None)[0][0]
+    raw = load_segment(items[0]["path"], 16000, 0.0, 10.0)
+    assert np.array_equal(recorded[0], raw)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("rms_db", [-12.0, -40.0], "data.rms_db must be a number of dBFS, [low, high] with low <= high, or null; "
+                               "got [-12.0, -40.0]."),
+    ("rms_db", "loud", "data.rms_db must be a number of dBFS, [low, high] with low <= high, or null; got 'loud'."),
+    ("valid_rms_db", [-30.0, -20.0], "data.valid_rms_db must be a number of dBFS or null; got [-30.0, -20.0]."),
+])
+def test_level_settings_are_checked(key, value, message):
+    with pytest.raises(CodecError) as e:
+        load_config(None, [f"data.{key}={value}"])
+    assert str(e.value) == message
 
 
 def test_rms_normalize_limits():

@@ -40,10 +40,12 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "batch_size": 8,             # per process
         "num_workers": 2,
         "prefetch_factor": 4,
-        "rms_db": -20.0,             # RMS level target of each crop in dBFS (null = no normalisation)
+        "rms_db": -20.0,             # RMS level of each crop in dBFS: a number, [low, high] (each crop's level
+                                     # drawn uniformly in dB: a model that works at any input level), or null
         "max_gain_db": 20.0,         # never amplify a crop by more than this (silence stays silence)
         "valid_items": 16,           # number of validation utterances used
         "valid_max_seconds": 10.0,   # validation utterances are cut to this length
+        "valid_rms_db": -20.0,       # RMS level of validation utterances (null: as recorded, as codec eval scores)
     },
     "loss": {
         "mel": 15.0,
@@ -236,6 +238,18 @@ def load_config(path: Optional[Union[str, Path]], overrides: Iterable[str] = ())
     return cfg
 
 
+def _check_level(value: Any, key: str, allow_range: bool) -> None:
+    """A level setting is null, a number of dBFS or (``allow_range``) a ``[low, high]`` pair with low <= high."""
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        return
+    ok = (allow_range and isinstance(value, (list, tuple)) and len(value) == 2
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value) and value[0] <= value[1])
+    if not ok:
+        shape = "a number of dBFS, [low, high] with low <= high, or null" if allow_range else \
+            "a number of dBFS or null"
+        raise CodecError(f"{key} must be {shape}; got {value!r}.")
+
+
 def _validate(cfg: Dict[str, Dict[str, Any]]) -> None:
     d, t, lo = cfg["data"], cfg["train"], cfg["loss"]
     if float(d["crop_seconds"]) <= 0:
@@ -244,6 +258,8 @@ def _validate(cfg: Dict[str, Dict[str, Any]]) -> None:
         raise CodecError("data.batch_size must be at least 1.")
     if int(t["steps"]) < 0:
         raise CodecError("train.steps must be non-negative.")
+    _check_level(d["rms_db"], "data.rms_db", allow_range=True)
+    _check_level(d["valid_rms_db"], "data.valid_rms_db", allow_range=False)
     if len(lo["mel_windows"]) != len(lo["mel_bands"]):
         raise CodecError("loss.mel_windows and loss.mel_bands must have the same length.")
     if cfg["adversarial"]["loss"] not in ("lsgan", "hinge"):

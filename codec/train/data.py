@@ -138,11 +138,13 @@ class CropDataset(Dataset):
     """Random fixed-length crops. ``ds[k] -> (wav float32 [1, crop], length int)``.
 
     Item ``perm_e[k % N]`` with ``e = k // N`` (a seeded permutation per epoch) and a crop offset drawn
-    from ``np.random.default_rng([seed, k])``: deterministic in ``k`` whatever the worker.
+    from ``np.random.default_rng([seed, k])``: deterministic in ``k`` whatever the worker.  ``rms_db``: every
+    crop's RMS level in dBFS, or ``(low, high)``: a level drawn uniformly in dB per crop from the same generator
+    (so the model meets quiet and loud input, not one level), or None (as recorded).
     """
 
     def __init__(self, items: List[Dict], sample_rate: int, crop_seconds: float, seed: int = 0,
-                 rms_db: Optional[float] = -20.0, max_gain_db: float = 20.0):
+                 rms_db: Union[None, float, Sequence[float]] = -20.0, max_gain_db: float = 20.0):
         self.items = items
         self.sample_rate = int(sample_rate)
         self.crop = int(round(crop_seconds * sample_rate))
@@ -180,7 +182,10 @@ class CropDataset(Dataset):
                 break
         else:
             raise CodecError(f"could not read any audio around training item {item['path']}.")
-        x = rms_normalize(x, self.rms_db, self.max_gain_db)
+        level = self.rms_db
+        if isinstance(level, (list, tuple)):
+            level = float(rng.uniform(float(level[0]), float(level[1])))
+        x = rms_normalize(x, level, self.max_gain_db)
         n = min(len(x), self.crop)
         out = np.zeros((1, self.crop), dtype=np.float32)
         out[0, :n] = x[:n]

@@ -488,7 +488,7 @@ class Trainer:
             return {}
         dc = self.cfg["data"]
         ds = ValidDataset(self.valid_items, self.sample_rate, int(dc["valid_items"]),
-                          float(dc["valid_max_seconds"]), dc["rms_db"], float(dc["max_gain_db"]))
+                          float(dc["valid_max_seconds"]), dc["valid_rms_db"], float(dc["max_gain_db"]))
         model = self.model
         backup = None
         if self.ema is not None:

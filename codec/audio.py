@@ -1,4 +1,4 @@
-"""Audio I/O helpers: loading, atomic saving, resampling, downmixing.
+"""Audio I/O helpers: loading, atomic saving, resampling, downmixing, level scaling.
 
 All arrays are ``np.float32`` shaped ``[C, T]`` (channels first).  User errors
 (missing file, not audio, empty audio, ...) raise :class:`codec.errors.CodecError`.
@@ -342,3 +342,17 @@ class AudioReader:
             self.close()
         except Exception:
             pass
+
+
+def rms_normalize(x: np.ndarray, target_db: Optional[float], max_gain_db: float = 20.0) -> np.ndarray:
+    """Scale ``x [..., T]`` to RMS ``target_db`` dBFS, gain limited to ``max_gain_db`` and peak to 0.99
+    (``target_db`` None: ``x`` unchanged)."""
+    if target_db is None or x.size == 0:
+        return x
+    rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))) + 1e-12)
+    gain_db = min(float(target_db) - 20.0 * np.log10(rms), float(max_gain_db))
+    gain = 10.0 ** (gain_db / 20.0)
+    peak = float(np.max(np.abs(x))) * gain
+    if peak > 0.99:
+        gain *= 0.99 / peak
+    return (x * gain).astype(np.float32)

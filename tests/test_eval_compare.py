@@ -77,6 +77,12 @@ def test_compare_errors():
         C.compare(rec, _record("m", FILES, {"opus@6": {"pesq": OLD_PESQ}}))
     with pytest.raises(CodecError, match="^the two runs share no metric"):
         C.compare(rec, _record("m", FILES, {"ours nq=8": {"stoi": OLD_PESQ}}))
+    quiet = dict(_record("m", FILES, {"ours nq=8": {"pesq": NEW_PESQ}}), level_db=-40.0)
+    with pytest.raises(CodecError) as e:
+        C.compare(rec, quiet)
+    assert str(e.value) == ("the two runs scored their input at different levels (as recorded and at -40 dBFS): "
+                            "compare runs made with the same --level-db.")
+    assert C.compare(dict(rec, level_db=-40.0), quiet)["files"] == len(FILES)  # the same level pairs
 
 
 def test_load_results_errors(tmp_path):

@@ -256,6 +256,27 @@ def test_references_keep_their_own_rate_above_the_model_rate(clips):
     assert "rates: PESQ-WB at 16 kHz; STOI at 10 kHz; mel-dist at 8 kHz (the evaluation rate)" in E.format_table(res)
 
 
+def test_level_db_scales_every_reference_before_coding_and_scoring(clips, capsys):
+    """--level-db: the references (at every rate) are scaled to the level, the codec codes that, the record and
+    the table say so; a level above 0 dBFS is refused in one sentence."""
+    def level(x):
+        return 20 * math.log10(float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))))
+
+    recorded = E._references(str(clips / "a.wav"), 24000, [16000])
+    quiet = E._references(str(clips / "a.wav"), 24000, [16000], level_db=-40.0)
+    assert level(quiet[24000]) == pytest.approx(-40.0, abs=0.05)
+    assert level(recorded[24000]) > -35.0
+    for r in (16000, 24000):  # the same waveform, only quieter
+        assert np.allclose(quiet[r] / np.abs(quiet[r]).max(), recorded[r] / np.abs(recorded[r]).max(), atol=1e-5)
+    res = E.evaluate(str(clips / "a.wav"), baselines="opus@12", sample_rate=24000, metrics=["mel"], verbose=False,
+                     level_db=-40.0)
+    assert res["level_db"] == -40.0
+    assert "1 files scaled to -40 dBFS RMS, " in E.format_table(res)
+    code, stdout, err = _run_cli(capsys, clips / "a.wav", "--baseline", "opus@12", "--level-db", "3")
+    assert code == 2 and stdout == ""
+    assert err.strip() == "codec: error: --level-db must be a level at or below 0 dBFS, not 3."
+
+
 def test_expand_metrics_groups_and_errors():
     assert E.expand_metrics(["dnsmos", "pesq", "dnsmos_ovrl"]) == ["dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "pesq"]
     with pytest.raises(CodecError) as ei:

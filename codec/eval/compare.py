@@ -101,6 +101,24 @@ def check_overlap(old: Dict[str, object], files: List[str]) -> List[str]:
     return common
 
 
+def _level_name(level: Optional[float]) -> str:
+    return "as recorded" if level is None else f"at {level:g} dBFS"
+
+
+def check_level(old: Dict[str, object], level_db: Optional[float]) -> None:
+    """Refuse to pair ``old`` with a run that scored its input at another ``--level-db`` (None: as recorded).
+
+    Raises:
+        CodecError: the levels differ.
+    """
+    before = old.get("level_db")
+    before = None if before is None else float(before)  # type: ignore[arg-type]
+    now = None if level_db is None else float(level_db)
+    if before != now:
+        raise CodecError(f"the two runs scored their input at different levels ({_level_name(before)} and "
+                         f"{_level_name(now)}): compare runs made with the same --level-db.")
+
+
 def compare(old: Dict[str, object], new: Dict[str, object], metrics: Optional[List[str]] = None) -> Dict[str, object]:
     """Paired per-clip comparison of two ``codec eval`` records (as :func:`load_results` or ``evaluate`` give).
 
@@ -112,8 +130,9 @@ def compare(old: Dict[str, object], new: Dict[str, object], metrics: Optional[Li
         "rows": [{"system", "metric", "n", "old", "new", "diff", "better", "worse", "p", "worst_file",
         "worst_diff"}]}`` with one row per common system and metric, in ``new``'s system order.
     Raises:
-        CodecError: the runs share no file, no system or no metric.
+        CodecError: the runs share no file, no system or no metric, or scored their input at different levels.
     """
+    check_level(old, new.get("level_db"))  # type: ignore[arg-type]
     old_files, new_files = [str(f) for f in old["files"]], [str(f) for f in new["files"]]  # type: ignore[union-attr]
     old_at = {f: i for i, f in enumerate(old_files)}
     common = check_overlap(old, new_files)

@@ -108,13 +108,15 @@ def list_inputs(src: Union[str, Sequence[str]], max_files: Optional[int] = None)
     return files
 
 
-def _references(path: str, sample_rate: int, rates: Sequence[int]) -> Dict[int, np.ndarray]:
+def _references(path: str, sample_rate: int, rates: Sequence[int], level_db: Optional[float] = None
+                ) -> Dict[int, np.ndarray]:
     """The file as mono float32 ``[T]`` at ``sample_rate`` and at each of ``rates``, each resampled (soxr) from
-    the file's own rate: ``{rate: [T_rate]}``."""
-    from codec.audio import load_audio, resample, to_mono
+    the file's own rate: ``{rate: [T_rate]}``; first scaled to RMS ``level_db`` dBFS (peak at most 0.99) when
+    given."""
+    from codec.audio import load_audio, resample, rms_normalize, to_mono
 
     wav, sr = load_audio(path)
-    mono = to_mono(wav)[0]
+    mono = rms_normalize(to_mono(wav)[0], level_db, max_gain_db=math.inf)
     return {r: np.ascontiguousarray(resample(mono, int(sr), r), dtype=np.float32)
             for r in sorted({int(sample_rate), *map(int, rates)})}
 
@@ -272,7 +274,7 @@ def evaluate(inputs: Union[str, Sequence[str]], model: Optional[object] = None,
              nqs: Union[str, Sequence[int]] = (1, 2, 4, 8, 16, 32), baselines: str = "",
              out_dir: Optional[str] = None, max_files: Optional[int] = None, device: Optional[str] = None,
              sample_rate: Optional[int] = None, metrics: Sequence[str] = DEFAULT_METRICS,
-             n_spectrograms: int = 3, verbose: bool = True) -> Dict[str, object]:
+             n_spectrograms: int = 3, verbose: bool = True, level_db: Optional[float] = None) -> Dict[str, object]:
     """Evaluate a codec model and/or classical baselines on reference audio.
 
     Args:
@@ -287,15 +289,19 @@ def evaluate(inputs: Union[str, Sequence[str]], model: Optional[object] = None,
         sample_rate: reference rate when no model is given (default 24000); otherwise the model's rate.
         metrics: names from ``pesq stoi mel sisdr dnsmos distillmos spk_sim visqol`` (``dnsmos`` = its SIG,
             BAK and OVRL columns, see :func:`expand_metrics`); default :data:`DEFAULT_METRICS`.
+        level_db: scale every file to this RMS level in dBFS (peak at most 0.99) before coding and scoring,
+            to measure how a codec copes with quiet or loud input; None (default): as recorded.
     Returns:
         ``{"files", "sample_rate", "metrics": [columns], "metric_rates": {column: Hz}, "systems": [{"name",
         "kind", "nq"|"codec"/"setting", "kbps", "nominal_kbps", "metrics": {column: {"mean", "ci95", "n"}},
         "per_file": {column: [..]}}], "reference": {"metrics", "per_file"} (non-intrusive columns of the
-        references; empty without them), "visqol", ...}``
+        references; empty without them), "visqol", "level_db", ...}``
     """
     from codec.eval import baselines as BL
 
     t0 = time.time()
+    if level_db is not None and not (math.isfinite(float(level_db)) and float(level_db) <= 0):
+        raise OptionError("level_db", f"must be a level at or below 0 dBFS, not {level_db:g}.")
     metrics = expand_metrics(list(metrics))
     _check_metrics(metrics)
     files = list_inputs(inputs, max_files)
@@ -317,7 +323,7 @@ def evaluate(inputs: Union[str, Sequence[str]], model: Optional[object] = None,
     spec_examples: List[Dict[str, object]] = []
     dev = next(mdl.parameters()).device if mdl is not None and any(True for _ in mdl.parameters()) else "cpu"
     for fi, path in enumerate(files):
-        refs = _references(path, sr, rates)
+        refs = _references(path, sr, rates, level_db)
         ref = refs[sr]
         if len(ref) < sr // 4:
             raise CodecError(f"'{path}' is shorter than 0.25 s, too short to evaluate.")
@@ -333,6 +339,7 @@ def evaluate(inputs: Union[str, Sequence[str]], model: Optional[object] = None,
             print(f"[eval] {fi + 1}/{len(files)} {os.path.basename(path)} ({len(ref) / sr:.1f} s)", file=sys.stderr,
                   flush=True)
     result = _summarize(systems, reference, ref_metrics, metrics, sr, files, durations, model_name)
+    result["level_db"] = None if level_db is None else float(level_db)
     result["wall_time_s"] = round(time.time() - t0, 2)
     if out_dir:
         result["plots"] = _write_results(result, spec_examples, out_dir)
@@ -441,7 +448,9 @@ def rate_note(result: Dict[str, object]) -> str:
 def _footer(result: Dict[str, object]) -> str:
     n = len(result["files"])  # type: ignore[arg-type]
     dur = sum(result["durations"])  # type: ignore[arg-type]
-    return (f"{n} files, {dur:.1f} s of audio at {result['sample_rate']} Hz; ± = 95 % t-interval over files; "
+    level = result.get("level_db")
+    scaled = "" if level is None else f" scaled to {level:g} dBFS RMS"
+    return (f"{n} files{scaled}, {dur:.1f} s of audio at {result['sample_rate']} Hz; ± = 95 % t-interval over files; "
             f"rates: {rate_note(result)}; ViSQOL {result['visqol']}")
 
 
@@ -626,6 +635,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "opus@6+12,amr-wb@6.6,codec2@3200+700C")
     parser.add_argument("--out", default=None, help="directory for results.json, results.md, results.csv and PNG plots")
     parser.add_argument("--max-files", type=int, default=None, help="evaluate only the first N files")
+    parser.add_argument("--level-db", type=float, default=None, metavar="DB",
+                        help="scale every file to this RMS level in dBFS (e.g. -40: quiet input) before coding and "
+                             "scoring (default: as recorded)")
     parser.add_argument("--metrics", default=",".join(DEFAULT_METRICS),
                         help=f"comma-separated subset of {','.join(_CHOICES)} (distillmos, spk_sim and visqol are "
                         "opt-in; dnsmos = its SIG, BAK and OVRL)")
@@ -656,9 +668,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if old is not None:  # refuse before minutes of scoring, not after
         CMP.check_overlap(old, list_inputs(args.input, args.max_files))
+        CMP.check_level(old, args.level_db)
     res = evaluate(args.input, model=args.model, nqs=args.nq, baselines=args.baseline, out_dir=args.out,
                    max_files=args.max_files, device=args.device, sample_rate=args.sample_rate, metrics=metrics,
-                   n_spectrograms=args.spectrograms)
+                   n_spectrograms=args.spectrograms, level_db=args.level_db)
     print(format_table(res))
     if args.out:
         print(f"wrote {os.path.join(args.out, 'results.json')}, results.md, results.csv and "

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from codec.audio import find_files
+from codec.audio import find_files, rms_normalize
 from codec.errors import CodecError
 
 __all__ = ["read_items", "CropDataset", "ValidDataset", "StepBatchSampler", "collate", "worker_init_fn",
@@ -75,19 +75,6 @@ def read_items(source: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]
         if not items:
             raise CodecError(f"no item of '{p}' is at least {min_seconds} s long.")
     return items
-
-
-def rms_normalize(x: np.ndarray, target_db: Optional[float], max_gain_db: float = 20.0) -> np.ndarray:
-    """Scale ``x [..., T]`` to RMS ``target_db`` dBFS, gain limited to ``max_gain_db`` and peak to 0.99."""
-    if target_db is None or x.size == 0:
-        return x
-    rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))) + 1e-12)
-    gain_db = min(float(target_db) - 20.0 * np.log10(rms), float(max_gain_db))
-    gain = 10.0 ** (gain_db / 20.0)
-    peak = float(np.max(np.abs(x))) * gain
-    if peak > 0.99:
-        gain *= 0.99 / peak
-    return (x * gain).astype(np.float32)
 
 
 def load_segment(path: str, sr_out: int, start_s: float = 0.0, dur_s: Optional[float] = None) -> np.ndarray:

@@ -72,6 +72,24 @@ def test_convnext_block_is_causal_and_streams():
         assert (blk.forward_exact(x) - ref).abs().max() < 1e-4
 
 
+def test_depthwise_conv_without_autograd_equals_the_training_form_bit_for_bit_in_any_chunking():
+    """The no-grad depthwise conv (one unfold) gives exactly the values of the autograd form (shifted products),
+    for any batch and chunking: the exact encoder path depends on a frame's result not depending on either."""
+    torch.manual_seed(1)
+    blk = ConvNeXtBlock(32, 96, kernel_size=7)
+    x = torch.randn(3, 200, 32)
+    trained = blk._dwconv(x.requires_grad_())  # the autograd form
+    assert trained.requires_grad
+    from codec.nn import streaming as st
+    with torch.no_grad():
+        assert torch.equal(blk._dwconv(x), trained)
+        assert torch.equal(blk._dwconv(x[1:2]), trained[1:2])
+        for chunk in (1, 4, 75, 128):
+            with st.streaming(blk, 3):
+                parts = [blk._dwconv(x[:, i:i + chunk]) for i in range(0, 200, chunk)]
+            assert torch.equal(torch.cat(parts, 1), trained), chunk
+
+
 def test_fourier_config_latency_size_and_errors():
     c = CodecConfig.preset("24khz-fourier")
     assert c.decoder_delay == 640 and abs(c.latency_ms - 40.0) < 1e-9

@@ -30,12 +30,11 @@ def _versions(*ts: torch.Tensor) -> Tuple:
     fp: Tuple = ()
     if ts:
         with torch.no_grad():
-            dev = ts[0].device
-            flat = torch.cat([t.detach().reshape(-1).to(dev, torch.float32) for t in ts])
-            wk = (flat.numel(), dev)
+            flat = torch.cat([t.reshape(-1) for t in ts])  # no_grad: no graph, and mixed dtypes are promoted
+            wk = (flat.numel(), flat.device, flat.dtype)
             w = _FP_WEIGHTS.get(wk)
             if w is None:
-                w = torch.rand(flat.numel(), generator=torch.Generator().manual_seed(0)).to(dev)
+                w = torch.rand(flat.numel(), generator=torch.Generator().manual_seed(0)).to(flat.device, flat.dtype)
                 _FP_WEIGHTS[wk] = w
             fp = (float(torch.dot(flat, w)),)
     return tuple((t.data_ptr(), t._version) for t in ts) + fp + (torch.is_inference_mode_enabled(),)

@@ -151,14 +151,15 @@ class ConvNeXtBlock(StreamingModule):
 
     def _dwconv(self, x: torch.Tensor) -> torch.Tensor:
         """Causal depthwise conv: per frame, the kernel's products summed in kernel order, then the bias (the same
-        op order for every frame, so a frame's result does not depend on the chunking).  With autograd it runs as
-        ``kernel_size`` shifted multiply-adds (their backward is ~2x faster than unfold's); without, as one unfold,
-        multiply and sum over the kernel: the same values bit for bit, with ~15 small ops fewer per block, which
-        is most of a streamed frame's cost in this layer (10 us instead of 160 us per block and frame)."""
+        op order for every frame, so a frame's result does not depend on the chunking).  With autograd, and in
+        graph export (torch.export cannot give unfold a dynamic frame count), it runs as ``kernel_size`` shifted
+        multiply-adds (their backward is ~2x faster than unfold's); otherwise as one unfold, multiply and sum over
+        the kernel: the same values bit for bit, with ~15 small ops fewer per block, which is most of a streamed
+        frame's cost in this layer (10 us instead of 160 us per block and frame)."""
         xp = self._padded(x)
         T = x.shape[1]
         w = self.dw_weight.to(x.dtype)
-        if torch.is_grad_enabled() and (xp.requires_grad or w.requires_grad):
+        if (torch.is_grad_enabled() and (xp.requires_grad or w.requires_grad)) or torch.compiler.is_compiling():
             y = xp[:, 0:T] * w[0]
             for i in range(1, self.kernel_size):
                 y = y + xp[:, i:i + T] * w[i]

@@ -26,7 +26,7 @@ def _versions(*ts: torch.Tensor) -> Tuple:
     (a fixed random projection of all the tensors' values, concatenated; it catches writes through ``.data``,
     e.g. ``dist.broadcast(p.data)``, which skip the version counter).  One concatenation, one dot product and
     one host sync per call, whatever the number of tensors: a streamed frame of the 32-level quantizer checks
-    160 tensors, and a dot product per tensor cost ~2 ms of small-op overhead per frame."""
+    160 tensors, and a dot product per tensor cost ~0.9 ms of small-op overhead per call (now ~0.4 ms)."""
     fp: Tuple = ()
     if ts:
         with torch.no_grad():

@@ -475,3 +475,35 @@ def test_readme_training_commands_parse_with_the_users_paths(tmp_path, monkeypat
         monkeypatch.setenv("CODEC_DATA", str(tmp_path))
         cfg = load_config(REPO / ns.config, list(ns.overrides))
         assert cfg["data"]["train"]
+
+
+def test_init_from_grows_mlp_width_and_depth_without_changing_the_output(tmp_path):
+    """fourier_mlp 2 -> 3 adds hidden units with zero output weights and decoder_layers 1 -> 2 appends a block at
+    layer scale 0.01: the grown model starts from the saved one (exactly for the width), and the new units learn."""
+    from codec.config import CodecConfig
+    from codec.model import CodecModel
+    from codec.pretrained import save_pretrained
+    from codec.train.build import build_model
+
+    torch.manual_seed(0)
+    cfg = CodecConfig.preset("24khz-fourier", fourier_dim=16, fourier_mlp=2, encoder_layers=1, decoder_layers=1,
+                             latent_dim=8, num_quantizers=4, codebook_size=16)
+    base = CodecModel(cfg).eval()
+    save_pretrained(base, tmp_path / "base")
+    x = torch.randn(1, 1, 4800) * 0.1
+    with torch.no_grad():
+        ref = base(x).audio
+    with pytest.warns(UserWarning, match="0 missing / 0 unexpected / 6 grown"):
+        wide = build_model({"init_from": str(tmp_path / "base"), "overrides": {"fourier_mlp": 3}}).eval()
+    assert wide.decoder.blocks[0].pw1.weight.shape == (48, 16)
+    with torch.no_grad():
+        assert torch.equal(wide(x).audio, ref)
+    deep = build_model({"init_from": str(tmp_path / "base"), "overrides": {"fourier_mlp": 3, "decoder_layers": 2}})
+    with torch.no_grad():
+        assert (deep.eval()(x).audio - ref).abs().max() < 0.05 * ref.abs().max()
+    # the new hidden units get gradients through their (non-zero) activations
+    deep.train()
+    deep(x).audio.square().mean().backward()
+    assert deep.decoder.blocks[0].pw2.weight.grad[:, 32:].abs().sum() > 0
+    with pytest.raises(CodecError, match=r"can only be grown, not shrunk or reshaped\.$"):
+        build_model({"init_from": str(tmp_path / "base"), "overrides": {"fourier_mlp": 1}})

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Any, Dict
+from typing import Any, Dict, List, Tuple
+
+from torch import Tensor
 
 from codec.config import CodecConfig
 from codec.errors import CodecError
@@ -12,7 +14,7 @@ from codec.model import CodecModel
 
 from .config import DEFAULTS
 
-__all__ = ["build_model", "replace_config"]
+__all__ = ["build_model", "grow_state_dict", "replace_config"]
 
 
 def replace_config(ccfg: CodecConfig, overrides: Dict[str, Any]) -> CodecConfig:
@@ -26,6 +28,38 @@ def replace_config(ccfg: CodecConfig, overrides: Dict[str, Any]) -> CodecConfig:
     return dataclasses.replace(ccfg, **clean)
 
 
+def grow_state_dict(state: Dict[str, Tensor], target: Dict[str, Tensor]) -> Tuple[Dict[str, Tensor], List[str]]:
+    """``state`` fitted to the shapes of ``target`` (a freshly initialised model's state dict) -> (state, grown keys).
+
+    Tensors of equal shape are taken as they are. A tensor that is larger in the target (a wider MLP:
+    ``fourier_mlp`` 3 -> 4) keeps the trained values in its leading slice; along its first axis (new output
+    rows, new biases) the new entries keep the target's fresh initialisation, along later axes (new input
+    columns) they are zero. For a hidden layer ``W2 act(W1 x + b1)`` this adds units whose output weights are
+    zero: the model computes exactly what it did, and the new units still get gradients (their activations
+    are not zero). Keys missing from ``state`` keep the target's values (appended blocks); tensors that would
+    shrink, or that change rank, are refused.
+    """
+    out: Dict[str, Tensor] = {}
+    grown: List[str] = []
+    for key, fresh in target.items():
+        if key not in state:
+            continue
+        old = state[key]
+        if old.shape == fresh.shape:
+            out[key] = old
+            continue
+        if old.dim() != fresh.dim() or any(o > n for o, n in zip(old.shape, fresh.shape)):
+            raise CodecError(f"init_from: weight '{key}' has shape {tuple(old.shape)}, the overrides give "
+                             f"{tuple(fresh.shape)}; a model can only be grown, not shrunk or reshaped.")
+        new = fresh.detach().clone()
+        if new.dim() > 1:
+            new[:, old.shape[1]:] = 0      # new input columns (and beyond): no effect on the output
+        new[tuple(slice(0, s) for s in old.shape)] = old.to(new.dtype)
+        out[key] = new
+        grown.append(key)
+    return out, grown
+
+
 def _from_pretrained(init_from: str, overrides: Dict[str, Any]) -> CodecModel:
     from codec import pretrained
 
@@ -33,10 +67,11 @@ def _from_pretrained(init_from: str, overrides: Dict[str, Any]) -> CodecModel:
     if not overrides:
         return base
     model = CodecModel(replace_config(base.config, overrides))
-    res = model.load_state_dict(base.state_dict(), strict=False)
-    if res.missing_keys or res.unexpected_keys:
-        warnings.warn(f"init_from: {len(res.missing_keys)} missing / {len(res.unexpected_keys)} unexpected "
-                      "weights after overrides")
+    state, grown = grow_state_dict(base.state_dict(), model.state_dict())
+    res = model.load_state_dict(state, strict=False)
+    if res.missing_keys or res.unexpected_keys or grown:
+        warnings.warn(f"init_from: {len(res.missing_keys)} missing / {len(res.unexpected_keys)} unexpected / "
+                      f"{len(grown)} grown weights after overrides")
     return model
 
 

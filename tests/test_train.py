@@ -505,5 +505,8 @@ def test_init_from_grows_mlp_width_and_depth_without_changing_the_output(tmp_pat
     deep.train()
     deep(x).audio.square().mean().backward()
     assert deep.decoder.blocks[0].pw2.weight.grad[:, 32:].abs().sum() > 0
+    # fewer blocks than saved: the dropped block's 9 weights are reported, not silently lost
+    with pytest.warns(UserWarning, match="0 missing / 9 unexpected / 0 grown"):
+        build_model({"init_from": str(tmp_path / "base"), "overrides": {"decoder_layers": 0}})
     with pytest.raises(CodecError, match=r"can only be grown, not shrunk or reshaped\.$"):
         build_model({"init_from": str(tmp_path / "base"), "overrides": {"fourier_mlp": 1}})

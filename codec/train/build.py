@@ -36,8 +36,9 @@ def grow_state_dict(state: Dict[str, Tensor], target: Dict[str, Tensor]) -> Tupl
     rows, new biases) the new entries keep the target's fresh initialisation, along later axes (new input
     columns) they are zero. For a hidden layer ``W2 act(W1 x + b1)`` this adds units whose output weights are
     zero: the model computes exactly what it did, and the new units still get gradients (their activations
-    are not zero). Keys missing from ``state`` keep the target's values (appended blocks); tensors that would
-    shrink, or that change rank, are refused.
+    are not zero). Keys missing from ``state`` keep the target's values (appended blocks), keys missing from
+    ``target`` are passed on (for ``load_state_dict`` to report); tensors that would shrink, or that change rank,
+    are refused.
     """
     out: Dict[str, Tensor] = {}
     grown: List[str] = []
@@ -57,6 +58,7 @@ def grow_state_dict(state: Dict[str, Tensor], target: Dict[str, Tensor]) -> Tupl
         new[tuple(slice(0, s) for s in old.shape)] = old.to(new.dtype)
         out[key] = new
         grown.append(key)
+    out.update({k: v for k, v in state.items() if k not in target})  # load_state_dict reports them as unexpected
     return out, grown
 
 

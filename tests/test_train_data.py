@@ -124,13 +124,38 @@ def test_level_range_draws_each_crops_level_and_validation_can_keep_the_recorded
     assert np.array_equal(recorded[0], raw)
 
 
+def test_speed_range_plays_each_crop_faster_or_slower_by_its_drawn_factor(tmp_path):
+    sr = 16000
+    t = np.arange(4 * sr) / sr
+    sf.write(tmp_path / "tone.wav", (0.1 * np.sin(2 * np.pi * 1000.0 * t)).astype(np.float32), sr)
+    items = [{"path": str(tmp_path / "tone.wav"), "duration": 4.0}]
+
+    def peak_hz(x):
+        spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+        return np.argmax(spec) * sr / len(x)
+
+    fast = CropDataset(items, sr, 1.0, seed=1, rms_db=None, speed=[1.2, 1.2])
+    slow = CropDataset(items, sr, 1.0, seed=1, rms_db=None, speed=[0.8, 0.8])
+    same = CropDataset(items, sr, 1.0, seed=1, rms_db=None)
+    for ds, hz in ((fast, 1200.0), (slow, 800.0), (same, 1000.0)):
+        x, n = ds[0]
+        assert n == sr                                          # still a full crop of the model's length
+        assert abs(peak_hz(x[0]) - hz) <= 2.0
+    spread = CropDataset(items, sr, 1.0, seed=1, rms_db=None, speed=[0.9, 1.1])
+    peaks = [peak_hz(spread[k][0][0]) for k in range(12)]
+    assert np.array_equal(spread[3][0], spread[3][0])          # deterministic in k
+    assert min(peaks) < 980 and max(peaks) > 1020 and all(895 <= p <= 1105 for p in peaks)
+
+
 @pytest.mark.parametrize("key,value,message", [
+    ("speed", [1.1, 0.9], "data.speed must be [low, high] with 0.5 <= low <= high <= 2.0, or null; got [1.1, 0.9]."),
+    ("speed", 1.1, "data.speed must be [low, high] with 0.5 <= low <= high <= 2.0, or null; got 1.1."),
     ("rms_db", [-12.0, -40.0], "data.rms_db must be a number of dBFS, [low, high] with low <= high, or null; "
                                "got [-12.0, -40.0]."),
     ("rms_db", "loud", "data.rms_db must be a number of dBFS, [low, high] with low <= high, or null; got 'loud'."),
     ("valid_rms_db", [-30.0, -20.0], "data.valid_rms_db must be a number of dBFS or null; got [-30.0, -20.0]."),
 ])
-def test_level_settings_are_checked(key, value, message):
+def test_level_and_speed_settings_are_checked(key, value, message):
     with pytest.raises(CodecError) as e:
         load_config(None, [f"data.{key}={value}"])
     assert str(e.value) == message

@@ -42,6 +42,8 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "prefetch_factor": 4,
         "rms_db": -20.0,             # RMS level of each crop in dBFS: a number, [low, high] (each crop's level
                                      # drawn uniformly in dB: a model that works at any input level), or null
+        "speed": None,               # [low, high]: each crop played faster by a factor drawn from this range
+                                     # (tempo and pitch together; e.g. [0.9, 1.1]), or null (as recorded)
         "max_gain_db": 20.0,         # never amplify a crop by more than this (silence stays silence)
         "valid_items": 16,           # number of validation utterances used
         "valid_max_seconds": 10.0,   # validation utterances are cut to this length
@@ -260,6 +262,11 @@ def _validate(cfg: Dict[str, Dict[str, Any]]) -> None:
         raise CodecError("train.steps must be non-negative.")
     _check_level(d["rms_db"], "data.rms_db", allow_range=True)
     _check_level(d["valid_rms_db"], "data.valid_rms_db", allow_range=False)
+    sp = d["speed"]
+    if sp is not None and not (isinstance(sp, (list, tuple)) and len(sp) == 2
+                               and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in sp)
+                               and 0.5 <= sp[0] <= sp[1] <= 2.0):
+        raise CodecError(f"data.speed must be [low, high] with 0.5 <= low <= high <= 2.0, or null; got {sp!r}.")
     if len(lo["mel_windows"]) != len(lo["mel_bands"]):
         raise CodecError("loss.mel_windows and loss.mel_bands must have the same length.")
     if cfg["adversarial"]["loss"] not in ("lsgan", "hinge"):

@@ -127,12 +127,17 @@ class CropDataset(Dataset):
     Item ``perm_e[k % N]`` with ``e = k // N`` (a seeded permutation per epoch) and a crop offset drawn
     from ``np.random.default_rng([seed, k])``: deterministic in ``k`` whatever the worker.  ``rms_db``: every
     crop's RMS level in dBFS, or ``(low, high)``: a level drawn uniformly in dB per crop from the same generator
-    (so the model meets quiet and loud input, not one level), or None (as recorded).
+    (so the model meets quiet and loud input, not one level), or None (as recorded).  ``speed``: None, or
+    ``(low, high)``: each crop is played faster by a factor drawn uniformly from that range (tempo and pitch
+    together, as ``sox speed`` does: ``crop * factor`` samples read and resampled to ``crop``), so that a small
+    corpus shows the model more voices.
     """
 
     def __init__(self, items: List[Dict], sample_rate: int, crop_seconds: float, seed: int = 0,
-                 rms_db: Union[None, float, Sequence[float]] = -20.0, max_gain_db: float = 20.0):
+                 rms_db: Union[None, float, Sequence[float]] = -20.0, max_gain_db: float = 20.0,
+                 speed: Optional[Sequence[float]] = None):
         self.items = items
+        self.speed = None if speed is None else (float(speed[0]), float(speed[1]))
         self.sample_rate = int(sample_rate)
         self.crop = int(round(crop_seconds * sample_rate))
         self.seed = int(seed)
@@ -156,10 +161,11 @@ class CropDataset(Dataset):
 
     def __getitem__(self, k: int) -> Tuple[np.ndarray, int]:
         rng = np.random.default_rng([self.seed, int(k)])
+        factor = 1.0 if self.speed is None else float(rng.uniform(*self.speed))
+        crop_s = self.crop * factor / self.sample_rate  # seconds of the recording this crop plays
         for attempt in range(5):
             item = self.items[self.item_index(int(k) + attempt * 104729)]
             dur = _duration(item)
-            crop_s = self.crop / self.sample_rate
             start = float(rng.uniform(0.0, dur - crop_s)) if dur > crop_s else 0.0
             try:
                 x = load_segment(item["path"], self.sample_rate, start, crop_s)
@@ -169,6 +175,10 @@ class CropDataset(Dataset):
                 break
         else:
             raise CodecError(f"could not read any audio around training item {item['path']}.")
+        if factor != 1.0:
+            from codec.audio import resample
+
+            x = resample(x, int(round(self.sample_rate * factor)), self.sample_rate)
         level = self.rms_db
         if isinstance(level, (list, tuple)):
             level = float(rng.uniform(float(level[0]), float(level[1])))

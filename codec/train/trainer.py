@@ -284,7 +284,7 @@ class Trainer:
     def _train_loader(self) -> DataLoader:
         dc = self.cfg["data"]
         ds = CropDataset(self.train_items, self.sample_rate, float(dc["crop_seconds"]), self.seed,
-                         dc["rms_db"], float(dc["max_gain_db"]))
+                         dc["rms_db"], float(dc["max_gain_db"]), dc["speed"])
         sampler = StepBatchSampler(int(dc["batch_size"]), self.step, self.rank, self.world)
         nw = int(dc["num_workers"])
         kw: Dict[str, Any] = {}

@@ -240,13 +240,21 @@ def load_config(path: Optional[Union[str, Path]], overrides: Iterable[str] = ())
     return cfg
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_range(value: Any) -> bool:
+    """``value`` is a ``[low, high]`` pair of numbers with low <= high."""
+    return (isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_number(v) for v in value)
+            and value[0] <= value[1])
+
+
 def _check_level(value: Any, key: str, allow_range: bool) -> None:
     """A level setting is null, a number of dBFS or (``allow_range``) a ``[low, high]`` pair with low <= high."""
-    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+    if value is None or _is_number(value):
         return
-    ok = (allow_range and isinstance(value, (list, tuple)) and len(value) == 2
-          and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value) and value[0] <= value[1])
-    if not ok:
+    if not (allow_range and _is_range(value)):
         shape = "a number of dBFS, [low, high] with low <= high, or null" if allow_range else \
             "a number of dBFS or null"
         raise CodecError(f"{key} must be {shape}; got {value!r}.")
@@ -263,9 +271,7 @@ def _validate(cfg: Dict[str, Dict[str, Any]]) -> None:
     _check_level(d["rms_db"], "data.rms_db", allow_range=True)
     _check_level(d["valid_rms_db"], "data.valid_rms_db", allow_range=False)
     sp = d["speed"]
-    if sp is not None and not (isinstance(sp, (list, tuple)) and len(sp) == 2
-                               and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in sp)
-                               and 0.5 <= sp[0] <= sp[1] <= 2.0):
+    if sp is not None and not (_is_range(sp) and 0.5 <= sp[0] and sp[1] <= 2.0):
         raise CodecError(f"data.speed must be [low, high] with 0.5 <= low <= high <= 2.0, or null; got {sp!r}.")
     if len(lo["mel_windows"]) != len(lo["mel_bands"]):
         raise CodecError("loss.mel_windows and loss.mel_bands must have the same length.")

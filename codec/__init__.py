@@ -26,12 +26,12 @@ def load(path_or_name, device=None):
     return _load(path_or_name, device=device)
 
 
-def save_pretrained(model, directory, half: bool = False) -> str:
+def save_pretrained(model, directory, half: bool = False, int8: bool = False) -> str:
     """Write ``model`` as a model directory (see :func:`codec.pretrained.save_pretrained`; ``half`` stores
-    float16 weights); returns the weights hash."""
+    float16 weights, ``int8`` int8 weight matrices with a scale per row); returns the weights hash."""
     from .pretrained import save_pretrained as _save
 
-    return _save(model, directory, half=half)
+    return _save(model, directory, half=half, int8=int8)
 
 
 def save_codes(path, codes, model, orig_length=None, orig_sample_rate=None, orig_channels=None, model_name=None):

@@ -17,7 +17,8 @@ directory is therefore loaded only as ``./speech-24k``.
 ``load(path_or_name)`` refuses (:class:`codec.errors.CodecError`, one sentence) every bad model directory:
 missing files, bad JSON, unknown, mistyped or out-of-bounds config fields, a model larger than
 :data:`MAX_PARAMETERS`, unreadable weights, missing / unexpected / mis-shaped tensors and tensors of another
-dtype than the model's (float16 / bfloat16 weights are accepted and upcast to float32).  The model size is
+dtype than the model's (float16 / bfloat16 weights are accepted and upcast to float32, and so are int8 weights
+stored with a float scale per row, ``<name>.int8_scale``, as :func:`save_pretrained` writes them with ``int8``).  The model size is
 bounded from the config before the model is built, and shapes and dtypes are checked against the safetensors
 header before the weights are read.
 ``model.weights_hash`` = first 16 hex digits of the sha256 of ``model.safetensors``.
@@ -133,12 +134,37 @@ def file_hash(path: PathLike) -> str:
     return h.hexdigest()[:16]
 
 
-def save_pretrained(model: CodecModel, directory: PathLike, half: bool = False) -> str:
+#: suffix of the float32 scale ``[rows]`` stored beside every int8 weight ``<name>``
+INT8_SCALE = ".int8_scale"
+#: ``save_pretrained(int8=True)`` stores as int8 the floating tensors outside the quantizer with at least 2
+#: dimensions and this many elements: the encoder's and decoder's weight matrices, ~97 % of the speech model
+INT8_MIN_ELEMENTS = 4096
+
+
+def int8_rows(w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 quantisation of ``w [R, ...]`` with one scale per row (first dimension).
+
+    Returns ``(q, scale)``: ``q`` int8 shaped like ``w`` in [-127, 127] and ``scale [R]`` float32 with
+    ``w ~ q * scale`` (``scale = max |row| / 127``; an all-zero row gets scale 0 and zeros)."""
+    rows = w.detach().float().reshape(w.shape[0], -1)
+    scale = rows.abs().amax(dim=1) / 127.0
+    q = torch.round(rows / scale.clamp_min(torch.finfo(torch.float32).tiny)[:, None]).clamp_(-127, 127)
+    return q.to(torch.int8).reshape(w.shape), scale
+
+
+def _int8_eligible(name: str, t: torch.Tensor) -> bool:
+    return (t.is_floating_point() and t.dim() >= 2 and t.numel() >= INT8_MIN_ELEMENTS
+            and not name.startswith("quantizer."))
+
+
+def save_pretrained(model: CodecModel, directory: PathLike, half: bool = False, int8: bool = False) -> str:
     """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created); keeps an existing README.md.
 
     ``half`` stores the floating-point tensors as float16 (half the file; :func:`load` upcasts them to float32,
-    so outputs differ from the float32 model's by float16 rounding of the weights). Returns the weights hash
-    (also set on ``model.weights_hash``)."""
+    so outputs differ from the float32 model's by float16 rounding of the weights). ``int8`` also stores the
+    encoder's and decoder's weight matrices as int8 with a float32 scale per row (:func:`int8_rows`; about a
+    quarter of the float32 file) and everything else as float16; the quantizer (codebooks and projections) is
+    never stored as int8. Returns the weights hash (also set on ``model.weights_hash``)."""
     from safetensors.torch import save_file
 
     from .audio import atomic_output
@@ -148,8 +174,16 @@ def save_pretrained(model: CodecModel, directory: PathLike, half: bool = False) 
     cfg = dict(model.config.to_dict())
     cfg["format"] = FORMAT
     sd = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    if half:
-        sd = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
+    if int8:
+        packed: Dict[str, torch.Tensor] = {}
+        for k, v in sd.items():
+            if _int8_eligible(k, v):
+                packed[k], packed[k + INT8_SCALE] = int8_rows(v)
+            else:
+                packed[k] = v
+        sd = packed
+    if half or int8:
+        sd = {k: v.half() if v.is_floating_point() and not k.endswith(INT8_SCALE) else v for k, v in sd.items()}
     with atomic_output(d / WEIGHTS_NAME) as tmp:  # the usual file mode (safetensors alone writes 0600)
         save_file(sd, str(tmp), metadata={"format": FORMAT})
     with atomic_output(d / CONFIG_NAME) as tmp:
@@ -310,7 +344,36 @@ def _check_size(cfg, f: Path) -> None:
 _ACCEPTED = {"float32": ("float32", "float16", "bfloat16")}
 
 
+def _int8_scaled(wf: Path, stored: Dict[str, Tuple[str, Tuple[int, ...]]]) -> Dict[str, Tuple[str, Tuple[int, ...]]]:
+    """``stored`` with every int8 weight and its ``INT8_SCALE`` tensor folded into one float32 entry; refuses a
+    scale without its int8 weight, or of the wrong shape or dtype."""
+    out = dict(stored)
+    for k, (sdt, sshape) in stored.items():
+        if not k.endswith(INT8_SCALE):
+            continue
+        base = k[:-len(INT8_SCALE)]
+        if base not in stored or stored[base][0] != "int8":
+            raise CodecError(f"weights '{wf}' are corrupted: scale '{k}' has no int8 tensor '{base}' beside it.")
+        bshape = stored[base][1]
+        if sdt not in ("float32", "float16", "bfloat16") or sshape != bshape[:1] or not bshape:
+            raise CodecError(f"weights '{wf}' are corrupted: scale '{k}' must be a float vector of {bshape[:1]} "
+                             f"values, got {sdt} {sshape}.")
+        del out[k]
+        out[base] = ("float32", bshape)
+    return out
+
+
+def _dequantize_int8(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """``sd`` with every int8 weight multiplied by its row scales (float32) and the scales removed."""
+    for k in [k for k in sd if k.endswith(INT8_SCALE)]:
+        base, scale = k[:-len(INT8_SCALE)], sd.pop(k).float()
+        q = sd[base]
+        sd[base] = q.float() * scale.reshape((-1,) + (1,) * (q.dim() - 1))
+    return sd
+
+
 def _compare(wf: Path, own: Dict[str, Tuple[str, Tuple[int, ...]]], stored: Dict[str, Tuple[str, Tuple[int, ...]]]):
+    stored = _int8_scaled(wf, stored)
     missing = sorted(set(own) - set(stored))
     unexpected = sorted(set(stored) - set(own))
     if missing:
@@ -362,6 +425,7 @@ def load(path_or_name: Optional[PathLike], device: Optional[Union[str, torch.dev
     for k, v in sd.items():
         if v.is_floating_point() and not bool(torch.isfinite(v).all()):
             raise CodecError(f"weights '{wf}' are corrupted: tensor '{k}' contains NaN or infinite values.")
+    sd = _dequantize_int8(sd)
     try:
         model.load_state_dict(sd, strict=True)
     except (RuntimeError, ValueError) as exc:

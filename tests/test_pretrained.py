@@ -92,3 +92,56 @@ def test_refusals(saved, tmp_path):
     assert "cannot read weights" in _err(bad)
     other = json.dumps({**cfg, "latent_dim": 16})
     assert "do not match" in _err(variant("mismatch", cfg_text=other))
+
+
+def test_int8_weights_round_trip(saved, tmp_path):
+    m, d, _ = saved
+    q = tmp_path / "q"
+    save_pretrained(m, q, int8=True)
+    sd = load_file(str(q / "model.safetensors"))
+    own = m.state_dict()
+    big = [k for k, v in own.items() if v.dim() >= 2 and v.numel() >= 4096 and not k.startswith("quantizer.")]
+    assert big
+    for k, v in own.items():
+        if k in big:
+            assert sd[k].dtype == torch.int8 and sd[k + ".int8_scale"].dtype == torch.float32
+            assert sd[k + ".int8_scale"].shape == (v.shape[0],)
+        elif v.is_floating_point():
+            assert sd[k].dtype == torch.float16 and k + ".int8_scale" not in sd
+    loaded = codec.load(q)
+    for k in big:
+        w, w8 = own[k].reshape(own[k].shape[0], -1), loaded.state_dict()[k].reshape(own[k].shape[0], -1)
+        step = w.abs().amax(dim=1, keepdim=True) / 127
+        assert (w8 - w).abs().le(step / 2 + 1e-6).all()
+    x = 0.2 * torch.randn(1, 1, 4000)
+    ref = m.decode(m.encode(x))
+    assert (loaded.decode(m.encode(x)) - ref).pow(2).mean() < 1e-3 * ref.pow(2).mean()
+    assert (q / "model.safetensors").stat().st_size < 0.35 * (d / "model.safetensors").stat().st_size
+
+
+def test_int8_refusals(saved, tmp_path):
+    m, _, _ = saved
+    q = tmp_path / "q"
+    save_pretrained(m, q, int8=True)
+    sd = load_file(str(q / "model.safetensors"))
+    k = next(k[:-len(".int8_scale")] for k in sd if k.endswith(".int8_scale"))
+
+    def variant(name, weights):
+        v = tmp_path / name
+        v.mkdir()
+        (v / "config.json").write_text((q / "config.json").read_text())
+        save_file(weights, str(v / "model.safetensors"))
+        return v
+
+    f = "model.safetensors"
+    no_scale = {a: b for a, b in sd.items() if a != k + ".int8_scale"}
+    assert _err(variant("noscale", no_scale)).endswith(f"tensor '{k}' is stored as int8, expected float32.")
+    stray = {**sd, "foo.int8_scale": torch.ones(2)}
+    assert _err(variant("stray", stray)).endswith(
+        f"{f}' are corrupted: scale 'foo.int8_scale' has no int8 tensor 'foo' beside it.")
+    rows = sd[k].shape[0]
+    short = {**sd, k + ".int8_scale": torch.ones(rows + 1)}
+    assert _err(variant("short", short)).endswith(
+        f"scale '{k}.int8_scale' must be a float vector of ({rows},) values, got float32 ({rows + 1},).")
+    nan = {**sd, k + ".int8_scale": torch.full((rows,), float("nan"))}
+    assert "contains NaN or infinite values" in _err(variant("nan", nan))

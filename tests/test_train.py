@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors.torch import load_file
 import soundfile as sf
 import torch
 
@@ -241,6 +242,9 @@ def test_export_and_finetune(wavs, tmp_path):
     run = tmp_path / "run"
     Trainer(_cfg(wavs, run, "train.steps=3", "train.valid_interval=3")).fit()
     out = export_run(run, tmp_path / "model")
+    out8 = export_run(run, tmp_path / "model8", int8=True)   # int8 weight matrices load back as float32
+    assert any(k.endswith(".int8_scale") for k in load_file(str(out8 / "model.safetensors")))
+    assert all(v.dtype == torch.float32 for v in codec.load(str(out8)).state_dict().values() if v.is_floating_point())
     card = (out / "README.md").read_text()
     assert "steps: 3" in card and "mel/nq1" in card and "codebook_perplexity/level" not in card
     assert (out / "discriminator.safetensors").is_file()

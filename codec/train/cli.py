@@ -24,7 +24,8 @@ EPILOG = """examples (the recipes read their data from ${CODEC_DATA}, the corpus
   CODEC_DATA=/path/to/corpus torchrun --nproc_per_node 4 -m codec.train recipes/speech-24k.yaml
   codec train recipes/speech-24k-finetune.yaml data.train=my.jsonl data.valid=my_valid.jsonl   # fine-tune
   codec train --export runs/speech-24k pretrained/my-model  # best checkpoint -> model dir + README.md
-  codec train --export runs/speech-24k pretrained/my-model --half   # float16 weights, as shipped
+  codec train --export runs/speech-24k pretrained/my-model --half   # float16 weights
+  codec train --export runs/speech-24k pretrained/my-model --int8   # int8 weight matrices, a quarter of float32
   codec train --export runs/speech-24k-disc-warmup pretrained/speech-24k --discriminators-only
 
 Overrides are dotted section.key=value pairs (values parsed as YAML); CodecConfig fields go to
@@ -47,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default="best", help="with --export: 'best', 'latest' or a file")
     parser.add_argument("--half", action="store_true",
                         help="with --export: store float16 weights (half the file; loading upcasts them)")
+    parser.add_argument("--int8", action="store_true",
+                        help="with --export: store the encoder's and decoder's weight matrices as int8 with a float32 "
+                        "scale per row and the rest as float16 (about a quarter of the file; loading upcasts them)")
     parser.add_argument("--discriminators-only", action="store_true",
                         help="with --export: add the run's discriminator.safetensors to the model already in "
                         "OUT_DIR (its weights must be the run's generator, as after train.freeze_generator)")
@@ -61,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
         if args.discriminators_only:
             out = export_discriminators(args.export[0], args.export[1], checkpoint=args.checkpoint)
         else:
-            out = export_run(args.export[0], args.export[1], checkpoint=args.checkpoint, half=args.half)
+            out = export_run(args.export[0], args.export[1], checkpoint=args.checkpoint, half=args.half,
+                             int8=args.int8)
         print(f"exported {out}")
         return 0
     if not args.config:

@@ -114,9 +114,10 @@ def model_card(state: Dict[str, Any], name: str) -> str:
 
 
 def export_run(run_dir: Union[str, Path], out_dir: Union[str, Path], checkpoint: str = "best",
-               name: Optional[str] = None, half: bool = False) -> Path:
-    """Export ``run_dir``'s best (or ``checkpoint``) state to ``out_dir`` (``half``: float16 weights, as
-    shipped in ``pretrained/``); returns ``out_dir``."""
+               name: Optional[str] = None, half: bool = False, int8: bool = False) -> Path:
+    """Export ``run_dir``'s best (or ``checkpoint``) state to ``out_dir`` (``half``: float16 weights; ``int8``:
+    int8 weight matrices with a scale per row, the rest float16; see :func:`codec.pretrained.save_pretrained`);
+    returns ``out_dir``."""
     from .trainer import build_model, load_checkpoint
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
@@ -132,7 +133,7 @@ def export_run(run_dir: Union[str, Path], out_dir: Union[str, Path], checkpoint:
     model.load_state_dict(weights)
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_pretrained(model, str(out_dir), half=half)
+    save_pretrained(model, str(out_dir), half=half, int8=int8)
     if state.get("disc") is not None:
         from safetensors.torch import save_file
 
@@ -224,9 +225,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--checkpoint", default="best")
     p.add_argument("--name", default=None)
     p.add_argument("--half", action="store_true", help="store float16 weights (loading upcasts them)")
+    p.add_argument("--int8", action="store_true",
+                   help="store the encoder's and decoder's weight matrices as int8 with a scale per row, the rest "
+                   "float16 (loading upcasts them)")
     args = p.parse_args(argv)
     try:
-        out = export_run(args.run_dir, args.out_dir, args.checkpoint, args.name, half=args.half)
+        out = export_run(args.run_dir, args.out_dir, args.checkpoint, args.name, half=args.half,
+                         int8=args.int8)
     except CodecError as exc:
         print(f"codec: error: {exc}", file=sys.stderr)
         return 2

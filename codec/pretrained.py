@@ -18,9 +18,9 @@ directory is therefore loaded only as ``./speech-24k``.
 missing files, bad JSON, unknown, mistyped or out-of-bounds config fields, a model larger than
 :data:`MAX_PARAMETERS`, unreadable weights, missing / unexpected / mis-shaped tensors and tensors of another
 dtype than the model's (float16 / bfloat16 weights are accepted and upcast to float32, and so are int8 weights
-stored with a float scale per row, ``<name>.int8_scale``, as :func:`save_pretrained` writes them with ``int8``).  The model size is
-bounded from the config before the model is built, and shapes and dtypes are checked against the safetensors
-header before the weights are read.
+stored with a float scale per row, ``<name>.int8_scale``, as :func:`save_pretrained` writes them with
+``int8``).  The model size is bounded from the config before the model is built, and shapes and dtypes are
+checked against the safetensors header before the weights are read.
 ``model.weights_hash`` = first 16 hex digits of the sha256 of ``model.safetensors``.
 """
 from __future__ import annotations

@@ -174,16 +174,14 @@ def save_pretrained(model: CodecModel, directory: PathLike, half: bool = False, 
     cfg = dict(model.config.to_dict())
     cfg["format"] = FORMAT
     sd = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    if int8:
+    if half or int8:
         packed: Dict[str, torch.Tensor] = {}
         for k, v in sd.items():
-            if _int8_eligible(k, v):
+            if int8 and _int8_eligible(k, v):
                 packed[k], packed[k + INT8_SCALE] = int8_rows(v)
             else:
-                packed[k] = v
+                packed[k] = v.half() if v.is_floating_point() else v
         sd = packed
-    if half or int8:
-        sd = {k: v.half() if v.is_floating_point() and not k.endswith(INT8_SCALE) else v for k, v in sd.items()}
     with atomic_output(d / WEIGHTS_NAME) as tmp:  # the usual file mode (safetensors alone writes 0600)
         save_file(sd, str(tmp), metadata={"format": FORMAT})
     with atomic_output(d / CONFIG_NAME) as tmp:
@@ -355,7 +353,7 @@ def _int8_scaled(wf: Path, stored: Dict[str, Tuple[str, Tuple[int, ...]]]) -> Di
         if base not in stored or stored[base][0] != "int8":
             raise CodecError(f"weights '{wf}' are corrupted: scale '{k}' has no int8 tensor '{base}' beside it.")
         bshape = stored[base][1]
-        if sdt not in ("float32", "float16", "bfloat16") or sshape != bshape[:1] or not bshape:
+        if sdt not in _ACCEPTED["float32"] or sshape != bshape[:1] or not bshape:
             raise CodecError(f"weights '{wf}' are corrupted: scale '{k}' must be a float vector of {bshape[:1]} "
                              f"values, got {sdt} {sshape}.")
         del out[k]

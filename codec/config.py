@@ -35,7 +35,8 @@ class CodecConfig:
     ``rvq_dim`` (0 = latent_dim), ``quantizer_dropout`` (fraction of training items using a random number of
     levels), ``quantizer_dropout_exponent`` (that number n drawn with probability ~ n ** -exponent; 0 = uniform),
     ``use_ema``, ``decay``, ``kmeans_init``, ``threshold_ema_dead_code``, ``commitment_weight``,
-    ``codebook_weight``.
+    ``codebook_weight``, ``residual_weight`` (the residual loss that keeps every level's decoded vectors on the
+    residual it sees; 0 = off, the models before 2026-12-07).
     Frame-rate (Fourier) layers, :mod:`codec.nn.fourier`: ``encoder_type`` / ``decoder_type`` (``"seanet"``, the
     time-domain conv stack, or ``"fourier"``: causal STFT front end / inverse-STFT head around causal ConvNeXt
     blocks at the frame rate), ``n_fft`` (STFT window; the Fourier decoder adds ``n_fft - hop`` samples of
@@ -67,6 +68,7 @@ class CodecConfig:
     threshold_ema_dead_code: float = 2.0
     commitment_weight: float = 0.25
     codebook_weight: float = 1.0
+    residual_weight: float = 0.0
     encoder_type: str = "seanet"
     decoder_type: str = "seanet"
     n_fft: int = 960
@@ -132,7 +134,7 @@ class CodecConfig:
                 f"{name} must be a list of at most {max_len} integers")
             req(all(lo <= x <= hi for x in v), f"every entry of {name} must be in {lo}..{hi}")
         for name in ("quantizer_dropout", "quantizer_dropout_exponent", "decay", "threshold_ema_dead_code",
-                     "commitment_weight", "codebook_weight"):
+                     "commitment_weight", "codebook_weight", "residual_weight"):
             req(is_num(getattr(self, name)) and getattr(self, name) >= 0, f"{name} must be a finite number >= 0")
         for name in ("use_ema", "kmeans_init"):
             req(isinstance(getattr(self, name), bool), f"{name} must be true or false")

@@ -76,6 +76,7 @@ def build_quantizer(cfg: CodecConfig) -> ResidualVQ:
                       codebook_dim=cfg.codebook_dim, use_ema=cfg.use_ema, decay=cfg.decay,
                       kmeans_init=cfg.kmeans_init, threshold_ema_dead_code=cfg.threshold_ema_dead_code,
                       commitment_weight=cfg.commitment_weight, codebook_weight=cfg.codebook_weight,
+                      residual_weight=cfg.residual_weight,
                       quantizer_dropout=cfg.quantizer_dropout,
                       quantizer_dropout_exponent=cfg.quantizer_dropout_exponent)
 

@@ -438,3 +438,73 @@ def test_inference_tables_follow_writes_that_skip_the_version_counter():
     assert torch.equal(rvq.encode(x), fresh.encode(x))  # the same as a quantizer that never cached anything
     assert torch.equal(rvq.decode(codes), fresh.decode(codes))
     assert not torch.allclose(rvq.decode(codes), before)
+
+
+def _drifted_rvq(**kw) -> ResidualVQ:
+    """A 4-level RVQ with low-dimensional codes whose output projections are random: decoded sums drift."""
+    torch.manual_seed(0)
+    return ResidualVQ(input_dim=16, num_quantizers=4, codebook_size=32, codebook_dim=4, **kw)
+
+
+def _latents(n: int = 3000) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, 16, generator=g) * torch.linspace(0.3, 2.0, 16) + 0.5
+
+
+def test_refit_levels_makes_every_level_shrink_the_residual():
+    x = _latents()
+    rvq = _drifted_rvq().eval()
+    rvq.init_codebooks_from_data(x)          # k-means codebooks, but the output projections stay random
+    before = [float((x - rvq.decode(rvq.encode(x, n_q=n))).pow(2).sum() / x.pow(2).sum()) for n in (1, 2, 3, 4)]
+    errors = rvq.refit_levels(x, generator=torch.Generator().manual_seed(0))
+    after = [float((x - rvq.decode(rvq.encode(x, n_q=n))).pow(2).sum() / x.pow(2).sum()) for n in (1, 2, 3, 4)]
+    assert errors.shape == (4,) and errors.dtype == torch.float64
+    assert after == sorted(after, reverse=True) and after[-1] < 0.5 * after[0]   # every level helps
+    assert after[-1] < 0.5 * before[-1]
+    assert np.allclose(after, errors.tolist(), rtol=1e-3)                      # what it reports is what decodes
+    assert all(float(cb.cluster_size.mean()) == pytest.approx(1.0) for cb in rvq.codebooks)
+
+
+def test_refit_levels_refusals():
+    with pytest.raises(ValueError, match="refit_levels needs at least 32 frames, got 10"):
+        _drifted_rvq().refit_levels(_latents(10))
+    shared = ResidualVQ(input_dim=16, num_quantizers=2, codebook_size=32, codebook_dim=4, shared_codebook=True)
+    with pytest.raises(ValueError, match="refit_levels needs one codebook per level"):
+        shared.refit_levels(_latents())
+
+
+def test_residual_loss_pulls_decoded_vectors_onto_the_residual():
+    x = _latents(2000)
+    rvq = _drifted_rvq(residual_weight=1.0, threshold_ema_dead_code=0.0).train()
+    out = rvq(x)
+    assert out.per_level_residual.shape == (4,)
+    assert float(out.residual_loss.detach()) == pytest.approx(float(out.per_level_residual.sum()), rel=1e-6)
+    xg = x.clone().requires_grad_(True)
+    rvq(xg).residual_loss.backward()
+    assert xg.grad is not None and float(xg.grad.abs().sum()) > 0              # the input is pulled too
+    opt = torch.optim.Adam([p for l in rvq.layers for p in l.out_proj.parameters()], lr=0.05)
+    first = None
+    for _ in range(60):
+        out = rvq(x)
+        first = float(out.residual_loss) if first is None else first
+        opt.zero_grad()
+        out.residual_loss.backward()
+        opt.step()
+    last = rvq(x).per_level_residual
+    assert float(last.sum()) < 0.5 * first
+    assert float(last[-1]) < float(last[0])                                   # later levels now shrink it
+    off = _drifted_rvq().train()(x)
+    assert float(off.residual_loss) == 0.0 and float(off.per_level_residual.abs().sum()) == 0.0
+    assert float(_drifted_rvq(residual_weight=1.0).eval()(x).residual_loss) == 0.0
+
+
+def test_config_residual_weight_is_checked_and_old_files_read_as_off():
+    from codec.config import CodecConfig
+    from codec.model import CodecModel
+
+    with pytest.raises(ValueError, match="residual_weight must be a finite number >= 0"):
+        CodecConfig(residual_weight=-0.5)
+    old = CodecConfig().to_dict()
+    old.pop("residual_weight")  # a config.json written before the field existed
+    assert CodecConfig.from_dict(old).residual_weight == 0.0
+    assert CodecModel(CodecConfig.preset("tiny", residual_weight=2.0)).quantizer.residual_weight == 2.0

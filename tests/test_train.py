@@ -514,3 +514,21 @@ def test_init_from_grows_mlp_width_and_depth_without_changing_the_output(tmp_pat
         build_model({"init_from": str(tmp_path / "base"), "overrides": {"decoder_layers": 0}})
     with pytest.raises(CodecError, match=r"can only be grown, not shrunk or reshaped\.$"):
         build_model({"init_from": str(tmp_path / "base"), "overrides": {"fourier_mlp": 1}})
+
+
+def test_refit_quantizer_runs_on_a_fresh_start_only_and_the_residual_loss_is_logged(wavs, tmp_path, capsys):
+    from codec.train.trainer import Trainer
+
+    out = tmp_path / "run"
+    extra = ("adversarial.enabled=false", "model.refit_quantizer=40", "model.overrides.residual_weight=1.0")
+    t = Trainer(_cfg(wavs, out, "train.steps=3", *extra))
+    assert "codec.train: quantizer re-fitted on" in capsys.readouterr().err
+    rvq = t.model.quantizer
+    assert all(abs(float(cb.cluster_size.mean()) - 1.0) < 1e-5 for cb in rvq.codebooks)  # the refit's EMA restart
+    for k, v in t.model.state_dict().items():   # the weight EMA starts from the re-fitted weights
+        assert torch.equal(t.ema.state_dict()[k], v), k
+    t.fit()
+    logged = [m for m in _metrics(out) if m["kind"] == "train"]
+    assert logged and all(m["residual"] > 0 for m in logged)
+    again = Trainer(_cfg(wavs, out, "train.steps=4", "train.resume=auto", *extra))
+    assert again.step == 3 and "re-fitted" not in capsys.readouterr().err   # resuming never re-fits

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .kmeans import kmeans
 from .vq import Codebook, VectorQuantize, _versions, code_stats
 
 #: frames per quantizer call in :meth:`ResidualVQ.encode_exact` (one fixed shape, so codes never depend on the
@@ -43,6 +44,10 @@ class RVQOutput:
     usage: [n_q] fraction of the codebook used per level in the batch.
     per_level_codebook: [n_q] unweighted codebook MSE per level (zeros with EMA).
     n_levels: LongTensor [B] levels used per item (n_q unless quantizer dropout / skip in training; 0 = skipped).
+    residual_loss: scalar, ``residual_weight * sum(per_level_residual)`` (training; 0 when the weight is 0).
+    per_level_residual: [n_q] relative squared error of the decoded prefix after each level,
+        ``|x - sum of decoded vectors of levels <= l|^2 / |x|^2`` over the rows still using level l (training
+        with ``residual_weight > 0``; zeros otherwise).
     """
     quantized: torch.Tensor
     codes: torch.Tensor
@@ -53,6 +58,8 @@ class RVQOutput:
     usage: torch.Tensor
     per_level_codebook: Optional[torch.Tensor] = None
     n_levels: Optional[torch.Tensor] = None
+    residual_loss: Optional[torch.Tensor] = None
+    per_level_residual: Optional[torch.Tensor] = None
 
 
 def draw_level_counts(count: int, low: int, high: int, exponent: float = 0.0,
@@ -86,6 +93,11 @@ class ResidualVQ(nn.Module):
         kmeans_init, kmeans_iters: k-means initialisation on the first training batch.
         threshold_ema_dead_code: EMA count below which a code is re-seeded from current residuals (0 = off).
         commitment_weight, codebook_weight: loss weights.
+        residual_weight: weight of the residual loss (``RVQOutput.residual_loss``): every level's decoded vectors
+            (through its output projection) are pulled towards the residual the level sees, and the input
+            towards its decoded prefixes, so each level shrinks the residual.  Without it nothing but the
+            downstream loss trains the output projections, and the decoded sum can drift from the input; later
+            levels then quantise that drift (see :meth:`refit_levels`).
         quantizer_dropout: fraction of batch items that use a random number of levels in training.
         quantizer_dropout_cutoff: levels below this index are always kept (n >= max(1, cutoff)).
         quantizer_dropout_exponent: a dropped item's level count n is drawn with probability proportional to
@@ -100,7 +112,8 @@ class ResidualVQ(nn.Module):
                  shared_codebook: bool = False, l2_normalize: bool = False, use_ema: bool = True,
                  decay: float = 0.99, epsilon: float = 1e-5, kmeans_init: bool = True, kmeans_iters: int = 10,
                  threshold_ema_dead_code: float = 2.0, commitment_weight: float = 0.25,
-                 codebook_weight: float = 1.0, quantizer_dropout: float = 0.0, quantizer_dropout_cutoff: int = 0,
+                 codebook_weight: float = 1.0, residual_weight: float = 0.0, quantizer_dropout: float = 0.0,
+                 quantizer_dropout_cutoff: int = 0,
                  quantizer_dropout_exponent: float = 0.0,
                  skip_rvq_ratio: float = 0.0, sinkhorn: bool = False, sinkhorn_iters: int = 3,
                  sinkhorn_temperature: float = 0.05, chunk_size: int = 2048) -> None:
@@ -116,6 +129,7 @@ class ResidualVQ(nn.Module):
         self.use_ema = bool(use_ema)
         self.commitment_weight = float(commitment_weight)
         self.codebook_weight = float(codebook_weight)
+        self.residual_weight = float(residual_weight)
         self.quantizer_dropout = float(quantizer_dropout)
         self.quantizer_dropout_cutoff = int(quantizer_dropout_cutoff)
         self.quantizer_dropout_exponent = float(quantizer_dropout_exponent)
@@ -346,7 +360,9 @@ class ResidualVQ(nn.Module):
         codes = torch.full((N, n_q), -1, dtype=torch.long, device=dev)
         residual = h
         acc = torch.zeros_like(h)
-        commit, cbl, ppl, usage = [], [], [], []
+        commit, cbl, ppl, usage, resid = [], [], [], [], []
+        want_resid = self.residual_weight > 0
+        plain = h  # h minus the decoded vectors without the straight-through path (residual loss only)
         pending: List[Tuple[Codebook, torch.Tensor, torch.Tensor]] = []
         zero = torch.zeros((), device=dev)
         for l in range(n_q):
@@ -381,6 +397,18 @@ class ResidualVQ(nn.Module):
                 contrib = layer.project_out(zq) * active[:, None].to(z.dtype)
             residual = residual - contrib
             acc = acc + contrib
+            if want_resid:
+                dec_a = layer.project_out(q_a)
+                if all_active:
+                    plain = plain - dec_a
+                    err, ref = plain, h
+                else:
+                    plain = plain - torch.zeros_like(plain).index_put((active,), dec_a)
+                    err, ref = plain[active], h[active]
+                den = ref.detach().float().pow(2).sum().clamp(min=1e-12)
+                resid.append(err.float().pow(2).sum() / den if err.shape[0] else zero)
+            else:
+                resid.append(zero)
         # codebook statistics: one update per distinct codebook, same order on every rank
         if self.shared_codebook:
             self.codebook.update(torch.cat([p[1] for p in pending]), torch.cat([p[2] for p in pending]))
@@ -390,7 +418,8 @@ class ResidualVQ(nn.Module):
         skip = n_row == 0
         if bool(skip.any()):
             acc = torch.where(skip[:, None], h, acc)
-        return codes, acc, torch.stack(commit), torch.stack(cbl), torch.stack(ppl), torch.stack(usage)
+        return (codes, acc, torch.stack(commit), torch.stack(cbl), torch.stack(ppl), torch.stack(usage),
+                torch.stack(resid))
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None, n_q: Optional[int] = None) -> RVQOutput:
         """Quantise x [B, input_dim, T] with mask bool [B, T] (True = valid) or lengths [B]; x [N, input_dim] is
@@ -407,7 +436,7 @@ class ResidualVQ(nn.Module):
             if self.training:
                 n_item = self._levels_per_item(B, n_q, dev)
                 item = torch.arange(B, device=dev)[:, None].expand(B, mask.shape[1])[mask]
-                codes, acc, commit, cbl, ppl, usage = self._forward_train(h, n_item[item], n_q)
+                codes, acc, commit, cbl, ppl, usage, resid = self._forward_train(h, n_item[item], n_q)
             else:
                 n_item = torch.full((B,), n_q, dtype=torch.long, device=dev)
                 with torch.no_grad():
@@ -415,6 +444,7 @@ class ResidualVQ(nn.Module):
                 N = h.shape[0]
                 commit = commit_sum / max(1, N * self.codebook_dim)
                 cbl = torch.zeros(n_q, device=dev)
+                resid = torch.zeros(n_q, device=dev)
                 tot = counts.sum(1, keepdim=True)
                 p = counts / tot.clamp(min=1)
                 ppl = torch.where(tot[:, 0] > 0, (-(p * p.clamp(min=1e-12).log()).sum(1)).exp(),
@@ -434,7 +464,8 @@ class ResidualVQ(nn.Module):
                          commit_loss=self.commitment_weight * commit.sum(),
                          codebook_loss=self.codebook_weight * cbl.sum(),
                          per_level_commit=commit.detach(), perplexity=ppl.detach(), usage=usage.detach(),
-                         per_level_codebook=cbl.detach(), n_levels=n_item)
+                         per_level_codebook=cbl.detach(), n_levels=n_item,
+                         residual_loss=self.residual_weight * resid.sum(), per_level_residual=resid.detach())
 
     # -------------------------------------------------------------- codebooks
     @torch.no_grad()
@@ -456,6 +487,54 @@ class ResidualVQ(nn.Module):
                 idx = cb.nearest(z)
                 r = r - layer.out_table().index_select(0, idx)
         self.__dict__.pop("_tables_cache", None)
+
+    @torch.no_grad()
+    def refit_levels(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None, kmeans_iters: int = 10,
+                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Re-fit every level to the residual it sees, level by level on a sample x [B, input_dim, T] (mask
+        [B, T] or lengths [B]) or [N, input_dim]: the codebook by k-means on the projected residual, then the
+        output projection (weight and bias) by least squares from the codes to the residual, so that each
+        level's decoded vectors approximate its residual and the next level quantises what is left.  The input
+        projections stay; the EMA counts restart at one use per code on average (relative usage kept).  Local
+        (no collectives): under torch.distributed call it on one rank and broadcast.
+
+        Returns the relative squared error ``|x - decoded prefix|^2 / |x|^2`` after each level, [num_quantizers]
+        (float64).  Needs at least ``codebook_size`` rows; shared codebooks are refused."""
+        if self.shared_codebook:
+            raise ValueError("refit_levels needs one codebook per level (shared_codebook is on)")
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x3, mask, _ = self._prep(x, mask)
+            h = self._rows(x3, mask).double()
+            if h.shape[0] < self.codebook_size:
+                raise ValueError(f"refit_levels needs at least {self.codebook_size} frames, got {h.shape[0]}")
+            r = h.clone()
+            total = h.pow(2).sum().clamp(min=1e-30)
+            errors = torch.zeros(self.num_quantizers, dtype=torch.float64)
+            for l, layer in enumerate(self.layers):
+                cb = layer.cb
+                z = layer.project_in(r.float())
+                cent, counts = kmeans(z, self.codebook_size, kmeans_iters, generator=generator,
+                                      normalize=self.l2_normalize)
+                cb.set_codes(cent)
+                idx = cb.nearest(z)
+                if self.l2_normalize:  # cosine lookup, raw decoded codes: as in Codebook.init_from_data
+                    sums = torch.zeros_like(cent).index_add_(0, idx, z.float())
+                    cent = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], cent)
+                    cb.set_codes(cent)
+                cb.cluster_size.copy_((counts / counts.mean()).to(cb.cluster_size))  # mean 1: EMA restarts small
+                cb.embed_avg.copy_(cb.embed * cb.cluster_size[:, None])
+                q = cb.embed.double()[idx]
+                if layer.has_proj:
+                    design = torch.cat([q, torch.ones(q.shape[0], 1, dtype=q.dtype)], 1)
+                    sol = torch.linalg.lstsq(design, r).solution  # [codebook_dim + 1, rvq_dim]
+                    layer.out_proj.weight.copy_(sol[:-1].t().to(layer.out_proj.weight))
+                    layer.out_proj.bias.copy_(sol[-1].to(layer.out_proj.bias))
+                    v = design @ sol
+                else:
+                    v = q
+                r = r - v
+                errors[l] = r.pow(2).sum() / total
+        return errors
 
     def codebook_array(self) -> torch.Tensor:
         """All codebooks as [num_codebooks, codebook_size, codebook_dim] (num_codebooks = 1 if shared)."""

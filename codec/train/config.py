@@ -31,6 +31,8 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "overrides": {},             # CodecConfig field -> value
         "init_from": None,           # pretrained name (e.g. speech-24k) or directory to fine-tune from
         "init_discriminators": True,  # also load discriminator.safetensors from init_from when present
+        "refit_quantizer": 0,        # on a fresh start, re-fit every quantizer level to its residuals (k-means
+                                     # codebooks, least-squares output projections) on this many training crops
     },
     "data": {
         "train": None,               # manifest .jsonl (or list of them) or folder of audio

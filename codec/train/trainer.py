@@ -180,13 +180,41 @@ class Trainer:
         self.train_hours = sum(float(it.get("duration", 0.0) or 0.0) for it in self.train_items) / 3600.0
 
     def _maybe_resume(self, resume: Optional[str]) -> None:
-        if not resume:
+        if resume:
+            ck = find_latest_checkpoint(self.out_dir) if str(resume) == "auto" else Path(resume)
+            if ck is not None:
+                self._load(ck)
+                return
+            if self.is_main:
+                print(f"codec.train: no checkpoint in {self.out_dir}; starting from scratch", file=sys.stderr)
+        self._refit_quantizer(int(self.cfg["model"]["refit_quantizer"] or 0))
+
+    def _refit_quantizer(self, crops: int) -> None:
+        """``model.refit_quantizer`` on a fresh start: rank 0 re-fits every quantizer level (codebook by k-means,
+        output projection by least squares, :meth:`ResidualVQ.refit_levels`) on the latents of ``crops`` training
+        crops, then every rank and the weight EMA take its weights."""
+        if crops <= 0:
             return
-        ck = find_latest_checkpoint(self.out_dir) if str(resume) == "auto" else Path(resume)
-        if ck is not None:
-            self._load(ck)
-        elif self.is_main:
-            print(f"codec.train: no checkpoint in {self.out_dir}; starting from scratch", file=sys.stderr)
+        if self.is_main:
+            dc = self.cfg["data"]
+            ds = CropDataset(self.train_items, self.sample_rate, float(dc["crop_seconds"]), self.seed + 1,
+                             rms_db=dc["rms_db"], max_gain_db=float(dc["max_gain_db"]))
+            hop = self.model.hop_length
+            lat, lens = [], []
+            with torch.no_grad():
+                for s in range(0, crops, 32):
+                    got = [ds[k] for k in range(s, min(crops, s + 32))]
+                    wav = torch.from_numpy(np.stack([g[0] for g in got])).to(self.device)
+                    lat.append(self.model.encoder(wav))
+                    lens += [-(-g[1] // hop) for g in got]
+            errors = self.model.quantizer.refit_levels(torch.cat(lat), torch.tensor(lens, device=self.device),
+                                                       generator=torch.Generator().manual_seed(self.seed))
+            shown = ", ".join(f"nq {n}: {float(errors[n - 1]):.3f}" for n in (1, 2, 4, 8, 16, 32) if n <= len(errors))
+            print(f"codec.train: quantizer re-fitted on {sum(lens)} frames of {crops} crops; relative latent error "
+                  f"{shown}", file=sys.stderr)
+        ddp.broadcast_parameters([self.model])
+        if self.ema is not None:
+            self.ema.load_state_dict(self.model.state_dict())
 
     # -------------------------------------------------------------------------------- checkpoints
     def _init_disc_from(self, init_from: str) -> None:
@@ -425,7 +453,11 @@ class Trainer:
             logs["l1"] = float(l1.detach())
         commit, cb = rvq.commit_loss.float(), rvq.codebook_loss.float()
         logs["commit"], logs["codebook"] = float(commit.detach()), float(cb.detach())
-        return total + float(lo["commitment"]) * commit + float(lo["codebook"]) * cb.to(total.device)
+        total = total + float(lo["commitment"]) * commit + float(lo["codebook"]) * cb.to(total.device)
+        if rvq.residual_loss is not None and self.model.quantizer.residual_weight > 0:
+            logs["residual"] = float(rvq.residual_loss.detach())  # weighted inside the quantizer
+            total = total + rvq.residual_loss.float().to(total.device)
+        return total
 
     def _generator_adversarial_loss(self, y_masked: Tensor, real_f, logs: Dict[str, float]) -> Tensor:
         """Weighted adversarial + feature-matching loss of the generator (discriminator weights frozen)."""

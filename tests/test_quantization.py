@@ -486,7 +486,7 @@ def test_residual_loss_pulls_decoded_vectors_onto_the_residual():
     first = None
     for _ in range(60):
         out = rvq(x)
-        first = float(out.residual_loss) if first is None else first
+        first = float(out.residual_loss.detach()) if first is None else first
         opt.zero_grad()
         out.residual_loss.backward()
         opt.step()

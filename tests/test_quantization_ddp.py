@@ -16,7 +16,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str, kw: dict) -> None:
+def _worker(rank: int, world: int, port: int, out_dir: str, kw: dict, init: bool = False) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
@@ -26,6 +26,9 @@ def _worker(rank: int, world: int, port: int, out_dir: str, kw: dict) -> None:
         rvq = ResidualVQ(input_dim=8, rvq_dim=8, num_quantizers=3, codebook_size=32, codebook_dim=4,
                          threshold_ema_dead_code=1.0, quantizer_dropout=0.5, **kw)
         torch.manual_seed(rank)  # different data (and dropout draws) per rank
+        if init:  # rank 0's sample decides the codebooks and the least-squares output projections
+            rvq.init_codebooks_from_data(torch.randn(200 + 50 * rank, 8) * (1 + rank) + rank, ema_count=1.0)
+            torch.save({k: v.clone() for k, v in rvq.state_dict().items()}, os.path.join(out_dir, f"init{rank}.pt"))
         for step in range(6):
             T = 40 + 10 * rank
             x = torch.randn(3, 8, T) * (1 + rank) + rank
@@ -39,9 +42,9 @@ def _worker(rank: int, world: int, port: int, out_dir: str, kw: dict) -> None:
         dist.destroy_process_group()
 
 
-def _run(tmp_path, **kw):
+def _run(tmp_path, init: bool = False, **kw):
     port = _free_port()
-    mp.spawn(_worker, args=(2, port, str(tmp_path), kw), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, port, str(tmp_path), kw, init), nprocs=2, join=True)
     s0 = torch.load(tmp_path / "rank0.pt")
     s1 = torch.load(tmp_path / "rank1.pt")
     keys = [k for k in s0 if any(n in k for n in ("embed", "cluster_size", "initted"))]
@@ -62,3 +65,11 @@ def test_ddp_codebooks_identical_across_ranks(tmp_path):
 
 def test_ddp_shared_codebook_gradient_variant(tmp_path):
     _run(tmp_path, shared_codebook=True, use_ema=False)
+
+
+def test_ddp_init_codebooks_from_data_gives_every_rank_rank0s_fit(tmp_path):
+    _run(tmp_path, init=True)
+    i0, i1 = torch.load(tmp_path / "init0.pt"), torch.load(tmp_path / "init1.pt")
+    assert i0.keys() == i1.keys() and any("out_proj" in k for k in i0)
+    for k in i0:   # codebooks, EMA counts and output projections alike
+        assert torch.equal(i0[k], i1[k]), k

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kmeans import kmeans
+from .distributed import broadcast_, get_rank
 from .vq import Codebook, VectorQuantize, _versions, code_stats
 
 #: frames per quantizer call in :meth:`ResidualVQ.encode_exact` (one fixed shape, so codes never depend on the
@@ -97,7 +97,7 @@ class ResidualVQ(nn.Module):
             (through its output projection) are pulled towards the residual the level sees, and the input
             towards its decoded prefixes, so each level shrinks the residual.  Without it nothing but the
             downstream loss trains the output projections, and the decoded sum can drift from the input; later
-            levels then quantise that drift (see :meth:`refit_levels`).
+            levels then quantise that drift (:meth:`init_codebooks_from_data` re-fits them).
         quantizer_dropout: fraction of batch items that use a random number of levels in training.
         quantizer_dropout_cutoff: levels below this index are always kept (n >= max(1, cutoff)).
         quantizer_dropout_exponent: a dropped item's level count n is drawn with probability proportional to
@@ -470,69 +470,53 @@ class ResidualVQ(nn.Module):
     # -------------------------------------------------------------- codebooks
     @torch.no_grad()
     def init_codebooks_from_data(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
-                                 kmeans_iters: Optional[int] = None) -> None:
-        """k-means initialise every level from a (large) sample x [B, input_dim, T] / [N, input_dim], level by
-        level on the residuals of the levels before.  Under torch.distributed rank 0's sample is used and
-        broadcast; every rank must call this."""
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            x3, mask, _ = self._prep(x, mask)
-            r = self._rows(x3, mask)
-            done = set()
-            for layer in self.layers:
-                z = layer.project_in(r)
-                cb = layer.cb
-                if id(cb) not in done:
-                    cb.init_from_data(z, kmeans_iters)
-                    done.add(id(cb))
-                idx = cb.nearest(z)
-                r = r - layer.out_table().index_select(0, idx)
-        self.__dict__.pop("_tables_cache", None)
+                                 kmeans_iters: Optional[int] = None, ema_count: Optional[float] = None
+                                 ) -> torch.Tensor:
+        """Fit every level to a (large) sample x [B, input_dim, T] (mask [B, T] or lengths [B]) or [N, input_dim],
+        level by level on the residuals of the levels before: the codebook by k-means on the projected residual
+        (a shared codebook on the first level's), then, for a level with projections, its output projection
+        (weight and bias) by least squares from the codes to the residual.  So each level's decoded vectors
+        approximate the residual it sees and the next level quantises what is left; the input projections stay.
+        Also a re-fit of a trained quantizer whose decoded sums drifted from its input.
 
-    @torch.no_grad()
-    def refit_levels(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None, kmeans_iters: int = 10,
-                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Re-fit every level to the residual it sees, level by level on a sample x [B, input_dim, T] (mask
-        [B, T] or lengths [B]) or [N, input_dim]: the codebook by k-means on the projected residual, then the
-        output projection (weight and bias) by least squares from the codes to the residual, so that each
-        level's decoded vectors approximate its residual and the next level quantises what is left.  The input
-        projections stay; the EMA counts restart at one use per code on average (relative usage kept).  Local
-        (no collectives): under torch.distributed call it on one rank and broadcast.
+        ``ema_count``: None keeps the sample's code counts as the EMA statistics; a number rescales them to that
+        mean use per code (e.g. about a training batch's frames per code).  Under torch.distributed rank 0's
+        sample decides (codebooks and projections broadcast); every rank must call this.
 
-        Returns the relative squared error ``|x - decoded prefix|^2 / |x|^2`` after each level, [num_quantizers]
-        (float64).  Needs at least ``codebook_size`` rows; shared codebooks are refused."""
-        if self.shared_codebook:
-            raise ValueError("refit_levels needs one codebook per level (shared_codebook is on)")
+        Returns the relative squared error ``|x - decoded prefix|^2 / |x|^2`` after each level on this rank's
+        sample, [num_quantizers] float64."""
         with torch.autocast(device_type=x.device.type, enabled=False):
             x3, mask, _ = self._prep(x, mask)
             h = self._rows(x3, mask).double()
-            if h.shape[0] < self.codebook_size:
-                raise ValueError(f"refit_levels needs at least {self.codebook_size} frames, got {h.shape[0]}")
+            if h.shape[0] == 0:
+                raise ValueError("init_codebooks_from_data needs at least one valid frame")
             r = h.clone()
             total = h.pow(2).sum().clamp(min=1e-30)
             errors = torch.zeros(self.num_quantizers, dtype=torch.float64)
+            done = set()
             for l, layer in enumerate(self.layers):
-                cb = layer.cb
                 z = layer.project_in(r.float())
-                cent, counts = kmeans(z, self.codebook_size, kmeans_iters, generator=generator,
-                                      normalize=self.l2_normalize)
-                cb.set_codes(cent)
+                cb = layer.cb
+                if id(cb) not in done:
+                    cb.init_from_data(z, kmeans_iters)
+                    if ema_count is not None:
+                        cb.cluster_size.mul_(float(ema_count) / cb.cluster_size.mean().clamp(min=1e-12))
+                        cb.embed_avg.copy_(cb.embed * cb.cluster_size[:, None])
+                    done.add(id(cb))
                 idx = cb.nearest(z)
-                if self.l2_normalize:  # cosine lookup, raw decoded codes: as in Codebook.init_from_data
-                    sums = torch.zeros_like(cent).index_add_(0, idx, z.float())
-                    cent = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], cent)
-                    cb.set_codes(cent)
-                cb.cluster_size.copy_((counts / counts.mean()).to(cb.cluster_size))  # mean 1: EMA restarts small
-                cb.embed_avg.copy_(cb.embed * cb.cluster_size[:, None])
-                q = cb.embed.double()[idx]
                 if layer.has_proj:
-                    design = torch.cat([q, torch.ones(q.shape[0], 1, dtype=q.dtype)], 1)
-                    sol = torch.linalg.lstsq(design, r).solution  # [codebook_dim + 1, rvq_dim]
-                    layer.out_proj.weight.copy_(sol[:-1].t().to(layer.out_proj.weight))
-                    layer.out_proj.bias.copy_(sol[-1].to(layer.out_proj.bias))
-                    v = design @ sol
+                    q = cb.embed.double()[idx]
+                    design = torch.cat([q, torch.ones(q.shape[0], 1, dtype=q.dtype, device=q.device)], 1)
+                    if get_rank() == 0:
+                        sol = torch.linalg.lstsq(design, r).solution  # [codebook_dim + 1, rvq_dim]
+                    else:
+                        sol = torch.empty(design.shape[1], r.shape[1], dtype=r.dtype, device=r.device)
+                    sol = broadcast_(sol.contiguous())
+                    layer.out_proj.weight.copy_(sol[:-1].t())
+                    layer.out_proj.bias.copy_(sol[-1])
+                    r = r - design @ sol
                 else:
-                    v = q
-                r = r - v
+                    r = r - cb.embed.double()[idx]
                 errors[l] = r.pow(2).sum() / total
         return errors
 

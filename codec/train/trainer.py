@@ -190,29 +190,28 @@ class Trainer:
         self._refit_quantizer(int(self.cfg["model"]["refit_quantizer"] or 0))
 
     def _refit_quantizer(self, crops: int) -> None:
-        """``model.refit_quantizer`` on a fresh start: rank 0 re-fits every quantizer level (codebook by k-means,
-        output projection by least squares, :meth:`ResidualVQ.refit_levels`) on the latents of ``crops`` training
-        crops, then every rank and the weight EMA take its weights."""
+        """``model.refit_quantizer`` on a fresh start: every quantizer level is fitted again (codebook by k-means,
+        output projection by least squares: :meth:`ResidualVQ.init_codebooks_from_data`) on the latents of
+        ``crops`` training crops (rank 0's decide; EMA counts restart at one use per code), and the weight EMA
+        starts from the result."""
         if crops <= 0:
             return
+        dc = self.cfg["data"]
+        ds = CropDataset(self.train_items, self.sample_rate, float(dc["crop_seconds"]), self.seed + 1,
+                         rms_db=dc["rms_db"], max_gain_db=float(dc["max_gain_db"]))
+        hop = self.model.hop_length
+        lat, lens = [], []
+        with torch.no_grad():
+            for s in range(0, crops, 32):
+                got = [ds[k] for k in range(s, min(crops, s + 32))]
+                lat.append(self.model.encoder(torch.from_numpy(np.stack([g[0] for g in got])).to(self.device)))
+                lens += [-(-g[1] // hop) for g in got]
+        errors = self.model.quantizer.init_codebooks_from_data(torch.cat(lat), torch.tensor(lens, device=self.device),
+                                                               ema_count=1.0)
         if self.is_main:
-            dc = self.cfg["data"]
-            ds = CropDataset(self.train_items, self.sample_rate, float(dc["crop_seconds"]), self.seed + 1,
-                             rms_db=dc["rms_db"], max_gain_db=float(dc["max_gain_db"]))
-            hop = self.model.hop_length
-            lat, lens = [], []
-            with torch.no_grad():
-                for s in range(0, crops, 32):
-                    got = [ds[k] for k in range(s, min(crops, s + 32))]
-                    wav = torch.from_numpy(np.stack([g[0] for g in got])).to(self.device)
-                    lat.append(self.model.encoder(wav))
-                    lens += [-(-g[1] // hop) for g in got]
-            errors = self.model.quantizer.refit_levels(torch.cat(lat), torch.tensor(lens, device=self.device),
-                                                       generator=torch.Generator().manual_seed(self.seed))
             shown = ", ".join(f"nq {n}: {float(errors[n - 1]):.3f}" for n in (1, 2, 4, 8, 16, 32) if n <= len(errors))
             print(f"codec.train: quantizer re-fitted on {sum(lens)} frames of {crops} crops; relative latent error "
                   f"{shown}", file=sys.stderr)
-        ddp.broadcast_parameters([self.model])
         if self.ema is not None:
             self.ema.load_state_dict(self.model.state_dict())
 

@@ -245,6 +245,14 @@ def test_export_and_finetune(wavs, tmp_path):
     out8 = export_run(run, tmp_path / "model8", int8=True)   # int8 weight matrices load back as float32
     assert any(k.endswith(".int8_scale") for k in load_file(str(out8 / "model.safetensors")))
     assert all(v.dtype == torch.float32 for v in codec.load(str(out8)).state_dict().values() if v.is_floating_point())
+    raw = export_run(run, tmp_path / "raw", raw=True)   # the raw weights, not their EMA (FAST keeps optim.ema=0.9)
+    state = torch.load(run / "best.pt", map_location="cpu", weights_only=False)
+    for name, want in (("model", raw), ("ema", out)):
+        got = codec.load(str(want)).state_dict()
+        assert all(torch.equal(got[k], v.float()) for k, v in state[name].items() if v.is_floating_point()), name
+    assert "weights: raw (not the EMA)" in (raw / "README.md").read_text()
+    assert json.loads((raw / "training.json").read_text())["weights"] == "raw (not the EMA)"
+    assert json.loads((out / "training.json").read_text())["weights"] == "EMA"
     card = (out / "README.md").read_text()
     assert "steps: 3" in card and "mel/nq1" in card and "codebook_perplexity/level" not in card
     assert (out / "discriminator.safetensors").is_file()

@@ -26,6 +26,7 @@ EPILOG = """examples (the recipes read their data from ${CODEC_DATA}, the corpus
   codec train --export runs/speech-24k pretrained/my-model  # best checkpoint -> model dir + README.md
   codec train --export runs/speech-24k pretrained/my-model --half   # float16 weights
   codec train --export runs/speech-24k pretrained/my-model --int8   # int8 weight matrices, a quarter of float32
+  codec train --export runs/speech-24k pretrained/my-model --raw-weights   # not the EMA of the weights
   codec train --export runs/speech-24k-disc-warmup pretrained/speech-24k --discriminators-only
 
 Overrides are dotted section.key=value pairs (values parsed as YAML); CodecConfig fields go to
@@ -51,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--int8", action="store_true",
                         help="with --export: store the encoder's and decoder's weight matrices as int8 with a float32 "
                         "scale per row and the rest as float16 (about a quarter of the file; loading upcasts them)")
+    parser.add_argument("--raw-weights", action="store_true",
+                        help="with --export: the checkpoint's raw weights instead of their EMA (optim.ema)")
     parser.add_argument("--discriminators-only", action="store_true",
                         help="with --export: add the run's discriminator.safetensors to the model already in "
                         "OUT_DIR (its weights must be the run's generator, as after train.freeze_generator)")
@@ -66,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
             out = export_discriminators(args.export[0], args.export[1], checkpoint=args.checkpoint)
         else:
             out = export_run(args.export[0], args.export[1], checkpoint=args.checkpoint, half=args.half,
-                             int8=args.int8)
+                             int8=args.int8, raw=args.raw_weights)
         print(f"exported {out}")
         return 0
     if not args.config:

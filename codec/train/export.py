@@ -64,8 +64,9 @@ def _disc_note(cfg: Dict[str, Any], state: Dict[str, Any]) -> str:
     return note
 
 
-def model_card(state: Dict[str, Any], name: str) -> str:
-    """Markdown model card from a checkpoint state (config, steps, hours, validation metrics)."""
+def model_card(state: Dict[str, Any], name: str, raw: bool = False) -> str:
+    """Markdown model card from a checkpoint state (config, steps, hours, validation metrics); ``raw``: the
+    exported weights are the raw ones although the run kept an EMA."""
     cfg = _portable(state.get("config") or {})
     data = cfg.get("data", {})
     mc = state.get("model_config") or {}
@@ -99,7 +100,7 @@ def model_card(state: Dict[str, Any], name: str) -> str:
               f"- recipe: model preset `{cfg.get('model', {}).get('preset')}`, "
               f"lr {cfg.get('optim', {}).get('lr')}, adversarial from step {cfg.get('adversarial', {}).get('start_step')}"
               f" ({'on' if cfg.get('adversarial', {}).get('enabled') else 'off'})",
-              f"- weights: {'EMA' if state.get('ema') is not None else 'raw'}",
+              f"- weights: {_weights_kind(state, raw)}",
               f"- discriminators: {_disc_note(cfg, state)}",
               "", "## Validation metrics (best checkpoint)", ""]
     shown = {k: v for k, v in metrics.items() if not k.startswith(("codebook_usage/level", "codebook_perplexity/level"))}
@@ -113,11 +114,18 @@ def model_card(state: Dict[str, Any], name: str) -> str:
     return "\n".join(lines)
 
 
+def _weights_kind(state: Dict[str, Any], raw: bool) -> str:
+    """Which weights an export holds: ``EMA``, ``raw`` (no EMA kept) or ``raw (not the EMA)``."""
+    if state.get("ema") is None:
+        return "raw"
+    return "raw (not the EMA)" if raw else "EMA"
+
+
 def export_run(run_dir: Union[str, Path], out_dir: Union[str, Path], checkpoint: str = "best",
-               name: Optional[str] = None, half: bool = False, int8: bool = False) -> Path:
+               name: Optional[str] = None, half: bool = False, int8: bool = False, raw: bool = False) -> Path:
     """Export ``run_dir``'s best (or ``checkpoint``) state to ``out_dir`` (``half``: float16 weights; ``int8``:
     int8 weight matrices with a scale per row, the rest float16; see :func:`codec.pretrained.save_pretrained`);
-    returns ``out_dir``."""
+    the EMA weights when the run kept them, unless ``raw``.  Returns ``out_dir``."""
     from .trainer import build_model, load_checkpoint
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
@@ -129,7 +137,7 @@ def export_run(run_dir: Union[str, Path], out_dir: Union[str, Path], checkpoint:
     model_cfg = dict(cfg["model"])
     model_cfg["init_from"] = None  # the architecture is in the checkpoint; no need for the original weights
     model = _model_from_state(state, model_cfg)
-    weights = state["ema"] if state.get("ema") is not None else state["model"]
+    weights = state["ema"] if state.get("ema") is not None and not raw else state["model"]
     model.load_state_dict(weights)
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -141,9 +149,10 @@ def export_run(run_dir: Union[str, Path], out_dir: Union[str, Path], checkpoint:
 
         with atomic_output(out_dir / "discriminator.safetensors") as tmp:
             save_file({k: v.contiguous() for k, v in state["disc"].items()}, str(tmp))
-    (out_dir / "README.md").write_text(model_card(state, name or out_dir.name))
+    (out_dir / "README.md").write_text(model_card(state, name or out_dir.name, raw))
     (out_dir / "training.json").write_text(json.dumps({
-        "checkpoint": ck.name, "step": state.get("step"), "best_metrics": state.get("best_metrics"),
+        "checkpoint": ck.name, "step": state.get("step"), "weights": _weights_kind(state, raw),
+        "best_metrics": state.get("best_metrics"),
         "elapsed_hours": float(state.get("elapsed", 0.0)) / 3600,
         "init_from": _portable(cfg)["model"].get("init_from"), "train_hours": float(state.get("train_hours", 0.0)),
         "audio_hours_seen": float(state.get("audio_seconds", 0.0)) / 3600,

@@ -325,14 +325,19 @@ def test_quantizer_dropout_exponent_favours_few_levels():
     assert means[1] == pytest.approx(32 / sum(1 / k for k in range(1, 33)), abs=0.5)  # 1/n: mean 32 / H(32)
 
 
-def test_config_refuses_negative_dropout_exponent_and_reads_old_files_as_uniform():
+@pytest.mark.parametrize("field", ["quantizer_dropout_exponent", "residual_weight"])
+def test_config_refuses_negative_quantizer_weights_and_reads_old_files_as_off(field):
+    """Fields added later: negative values refused, a config.json written before the field existed reads as 0
+    (uniform level draws; no residual loss), and the model's quantizer gets the value."""
     from codec.config import CodecConfig
+    from codec.model import CodecModel
 
-    with pytest.raises(ValueError, match="quantizer_dropout_exponent must be a finite number >= 0"):
-        CodecConfig(quantizer_dropout_exponent=-1.0)
+    with pytest.raises(ValueError, match=f"{field} must be a finite number >= 0"):
+        CodecConfig(**{field: -1.0})
     old = CodecConfig().to_dict()
-    old.pop("quantizer_dropout_exponent")  # a config.json written before the field existed
-    assert CodecConfig.from_dict(old).quantizer_dropout_exponent == 0.0
+    old.pop(field)
+    assert getattr(CodecConfig.from_dict(old), field) == 0.0
+    assert getattr(CodecModel(CodecConfig.preset("tiny", **{field: 2.0})).quantizer, field) == 2.0
 
 
 def test_skip_rvq_ratio_bypasses_quantizer():
@@ -506,14 +511,3 @@ def test_residual_loss_pulls_decoded_vectors_onto_the_residual():
     assert float(off.residual_loss) == 0.0 and float(off.per_level_residual.abs().sum()) == 0.0
     assert float(_drifted_rvq(residual_weight=1.0).eval()(x).residual_loss) == 0.0
 
-
-def test_config_residual_weight_is_checked_and_old_files_read_as_off():
-    from codec.config import CodecConfig
-    from codec.model import CodecModel
-
-    with pytest.raises(ValueError, match="residual_weight must be a finite number >= 0"):
-        CodecConfig(residual_weight=-0.5)
-    old = CodecConfig().to_dict()
-    old.pop("residual_weight")  # a config.json written before the field existed
-    assert CodecConfig.from_dict(old).residual_weight == 0.0
-    assert CodecModel(CodecConfig.preset("tiny", residual_weight=2.0)).quantizer.residual_weight == 2.0

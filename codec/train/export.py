@@ -17,7 +17,7 @@ import datetime as _dt
 import json
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 from codec.errors import CodecError
 from codec.pretrained import save_pretrained
@@ -100,7 +100,7 @@ def model_card(state: Dict[str, Any], name: str, raw: bool = False) -> str:
               f"- recipe: model preset `{cfg.get('model', {}).get('preset')}`, "
               f"lr {cfg.get('optim', {}).get('lr')}, adversarial from step {cfg.get('adversarial', {}).get('start_step')}"
               f" ({'on' if cfg.get('adversarial', {}).get('enabled') else 'off'})",
-              f"- weights: {_weights_kind(state, raw)}",
+              f"- weights: {exported_weights(state, raw)[1]}",
               f"- discriminators: {_disc_note(cfg, state)}",
               "", "## Validation metrics (best checkpoint)", ""]
     shown = {k: v for k, v in metrics.items() if not k.startswith(("codebook_usage/level", "codebook_perplexity/level"))}
@@ -114,11 +114,12 @@ def model_card(state: Dict[str, Any], name: str, raw: bool = False) -> str:
     return "\n".join(lines)
 
 
-def _weights_kind(state: Dict[str, Any], raw: bool) -> str:
-    """Which weights an export holds: ``EMA``, ``raw`` (no EMA kept) or ``raw (not the EMA)``."""
+def exported_weights(state: Dict[str, Any], raw: bool = False) -> Tuple[Dict[str, Any], str]:
+    """The weights an export of checkpoint ``state`` holds, and their kind: the EMA when the run kept one
+    (``EMA``), unless ``raw`` (``raw (not the EMA)``); else the raw weights (``raw``)."""
     if state.get("ema") is None:
-        return "raw"
-    return "raw (not the EMA)" if raw else "EMA"
+        return state["model"], "raw"
+    return (state["model"], "raw (not the EMA)") if raw else (state["ema"], "EMA")
 
 
 def export_run(run_dir: Union[str, Path], out_dir: Union[str, Path], checkpoint: str = "best",
@@ -137,7 +138,7 @@ def export_run(run_dir: Union[str, Path], out_dir: Union[str, Path], checkpoint:
     model_cfg = dict(cfg["model"])
     model_cfg["init_from"] = None  # the architecture is in the checkpoint; no need for the original weights
     model = _model_from_state(state, model_cfg)
-    weights = state["ema"] if state.get("ema") is not None and not raw else state["model"]
+    weights, kind = exported_weights(state, raw)
     model.load_state_dict(weights)
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -151,7 +152,7 @@ def export_run(run_dir: Union[str, Path], out_dir: Union[str, Path], checkpoint:
             save_file({k: v.contiguous() for k, v in state["disc"].items()}, str(tmp))
     (out_dir / "README.md").write_text(model_card(state, name or out_dir.name, raw))
     (out_dir / "training.json").write_text(json.dumps({
-        "checkpoint": ck.name, "step": state.get("step"), "weights": _weights_kind(state, raw),
+        "checkpoint": ck.name, "step": state.get("step"), "weights": kind,
         "best_metrics": state.get("best_metrics"),
         "elapsed_hours": float(state.get("elapsed", 0.0)) / 3600,
         "init_from": _portable(cfg)["model"].get("init_from"), "train_hours": float(state.get("train_hours", 0.0)),
@@ -185,7 +186,7 @@ def export_discriminators(run_dir: Union[str, Path], out_dir: Union[str, Path], 
     if not (out_dir / "config.json").is_file():
         raise CodecError(f"'{out_dir}' holds no model (config.json): export the whole run instead.")
     shipped = codec.load(str(out_dir)).state_dict()
-    weights = state["ema"] if state.get("ema") is not None else state["model"]
+    weights = exported_weights(state)[0]
     if set(shipped) != set(weights) or any(not torch.equal(shipped[k].cpu(), weights[k].cpu()) for k in shipped):
         raise CodecError(f"the generator of run '{run_dir}' is not the model in '{out_dir}': "
                          "discriminators only fit the generator they were trained against.")

@@ -36,12 +36,16 @@ class CodecConfig:
     levels), ``quantizer_dropout_exponent`` (that number n drawn with probability ~ n ** -exponent; 0 = uniform),
     ``use_ema``, ``decay``, ``kmeans_init``, ``threshold_ema_dead_code``, ``commitment_weight``,
     ``codebook_weight``, ``residual_weight`` (the residual loss that keeps every level's decoded vectors on the
-    residual it sees; 0 = off, the models before 2026-12-07).
+    residual it sees; 0 = off, the models before 2026-12-07), ``quantizer_focus`` / ``quantizer_focus_levels``
+    (the fraction of training items that decode with exactly that many levels, the bitrate to favour; 0 = off).
     Frame-rate (Fourier) layers, :mod:`codec.nn.fourier`: ``encoder_type`` / ``decoder_type`` (``"seanet"``, the
     time-domain conv stack, or ``"fourier"``: causal STFT front end / inverse-STFT head around causal ConvNeXt
     blocks at the frame rate), ``n_fft`` (STFT window; the Fourier decoder adds ``n_fft - hop`` samples of
     latency), ``fourier_dim`` (block width), ``fourier_mlp`` (hidden = ``fourier_mlp * fourier_dim``),
-    ``fourier_kernel`` (depthwise kernel, frames), ``encoder_layers`` / ``decoder_layers`` (blocks).
+    ``fourier_kernel`` (depthwise kernel, frames), ``encoder_layers`` / ``decoder_layers`` (blocks),
+    ``level_embedding`` (Fourier decoder only: tell the decoder how many levels made its input, through a
+    learned vector per level count added before every block; it starts at zero, so turning it on for a trained
+    model does not change its output; off for the models before 2026-12-07).
     """
 
     sample_rate: int = 24000
@@ -69,6 +73,8 @@ class CodecConfig:
     commitment_weight: float = 0.25
     codebook_weight: float = 1.0
     residual_weight: float = 0.0
+    quantizer_focus: float = 0.0
+    quantizer_focus_levels: int = 0
     encoder_type: str = "seanet"
     decoder_type: str = "seanet"
     n_fft: int = 960
@@ -77,6 +83,7 @@ class CodecConfig:
     fourier_kernel: int = 7
     encoder_layers: int = 6
     decoder_layers: int = 8
+    level_embedding: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "strides", tuple(int(s) for s in self.strides))
@@ -134,9 +141,9 @@ class CodecConfig:
                 f"{name} must be a list of at most {max_len} integers")
             req(all(lo <= x <= hi for x in v), f"every entry of {name} must be in {lo}..{hi}")
         for name in ("quantizer_dropout", "quantizer_dropout_exponent", "decay", "threshold_ema_dead_code",
-                     "commitment_weight", "codebook_weight", "residual_weight"):
+                     "commitment_weight", "codebook_weight", "residual_weight", "quantizer_focus"):
             req(is_num(getattr(self, name)) and getattr(self, name) >= 0, f"{name} must be a finite number >= 0")
-        for name in ("use_ema", "kmeans_init"):
+        for name in ("use_ema", "kmeans_init", "level_embedding"):
             req(isinstance(getattr(self, name), bool), f"{name} must be true or false")
         req(self.channels == 1, "channels must be 1 (the model is mono; multi-channel input is downmixed)")
         req(len(self.strides) >= 1, "strides must be positive integers")
@@ -145,6 +152,12 @@ class CodecConfig:
         req(self.max_channels >= self.base_channels, "bad base_channels/max_channels")
         req(self.activation in ("elu", "snake"), "activation must be 'elu' or 'snake'")
         req(0.0 <= self.quantizer_dropout <= 1.0, "quantizer_dropout must be in [0, 1]")
+        req(self.quantizer_focus <= 1.0, "quantizer_focus must be in [0, 1]")
+        req(self.quantizer_focus_levels <= self.num_quantizers
+            and (self.quantizer_focus == 0 or self.quantizer_focus_levels >= 1),
+            "quantizer_focus_levels must be in 1..num_quantizers when quantizer_focus is on")
+        req(not self.level_embedding or self.decoder_type == "fourier",
+            "level_embedding needs decoder_type 'fourier'")
         req(self.decay <= 1.0, "decay must be in [0, 1]")
         req(self.encoder_type in ("seanet", "fourier") and self.decoder_type in ("seanet", "fourier"),
             "encoder_type and decoder_type must be 'seanet' or 'fourier'")
@@ -208,6 +221,7 @@ LIMITS: Dict[str, Tuple[int, int]] = {
     "codebook_size": (2, 65536),
     "codebook_dim": (1, 4096),
     "rvq_dim": (0, 4096),
+    "quantizer_focus_levels": (0, 64),
     "n_fft": (1, 8192),
     "fourier_dim": (1, 4096),
     "fourier_mlp": (1, 16),

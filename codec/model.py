@@ -59,6 +59,12 @@ def encode_dtype(precision: Optional[str]) -> torch.dtype:
     return PRECISIONS[precision]
 
 
+def code_levels(codes: torch.Tensor) -> torch.Tensor:
+    """The level count of every item of codes ``[B, nq, F]``: long ``[B]`` filled with ``nq`` (what a decoder
+    with a level embedding is told)."""
+    return torch.full_like(codes[:, 0, 0], codes.shape[1], dtype=torch.long)
+
+
 def build_encoder(cfg: CodecConfig) -> nn.Module:
     """The encoder ``cfg.encoder_type`` names: ``[B, 1, T] -> [B, latent_dim, T / hop]``."""
     return FourierEncoder(cfg) if cfg.encoder_type == "fourier" else SeanetEncoder(cfg)
@@ -78,7 +84,8 @@ def build_quantizer(cfg: CodecConfig) -> ResidualVQ:
                       commitment_weight=cfg.commitment_weight, codebook_weight=cfg.codebook_weight,
                       residual_weight=cfg.residual_weight,
                       quantizer_dropout=cfg.quantizer_dropout,
-                      quantizer_dropout_exponent=cfg.quantizer_dropout_exponent)
+                      quantizer_dropout_exponent=cfg.quantizer_dropout_exponent,
+                      quantizer_focus=cfg.quantizer_focus, quantizer_focus_levels=cfg.quantizer_focus_levels)
 
 
 @dataclass
@@ -198,15 +205,17 @@ class CodecModel(nn.Module):
             out = [self._encode_frames_exact(x[..., i * hop:(i + bf) * hop], nq, dtype) for i in range(0, frames, bf)]
         return torch.cat(out, dim=-1)
 
-    def _decode_blocks(self, z: torch.Tensor, frame_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """latent [B, D, F] -> audio [B, 1, F*hop] in blocks of ``decode_block_frames`` frames (streaming states;
-        the decoder's delay is compensated: output sample n is the stream's sample n + delay)."""
+    def _decode_blocks(self, z: torch.Tensor, frame_mask: Optional[torch.Tensor] = None,
+                       levels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """latent [B, D, F] (decoded from ``levels`` [B] quantizer levels) -> audio [B, 1, F*hop] in blocks of
+        ``decode_block_frames`` frames (streaming states; the decoder's delay is compensated: output sample n is
+        the stream's sample n + delay)."""
         bf = max(1, int(self.decode_block_frames))
         frames = z.shape[-1]
         if frames <= bf:
-            return self.decoder(z, frame_mask)
+            return self.decoder(z, frame_mask, levels)
         with st.streaming(self.decoder, z.shape[0]):
-            out = [self.decoder(z[..., i:i + bf], None if frame_mask is None else frame_mask[:, i:i + bf])
+            out = [self.decoder(z[..., i:i + bf], None if frame_mask is None else frame_mask[:, i:i + bf], levels)
                    for i in range(0, frames, bf)]
             tail = self.decoder.flush()
         if tail is not None:
@@ -280,7 +289,7 @@ class CodecModel(nn.Module):
         with torch.no_grad():
             z = self.quantizer.decode(c)
             valid = (c >= 0).any(1)  # [B, F]
-            y = self._decode_blocks(z.to(self._dtype()), valid)
+            y = self._decode_blocks(z.to(self._dtype()), valid, code_levels(c))
             nfr = valid.sum(-1)
             hop = self.hop_length
             keep = torch.repeat_interleave(valid, hop, dim=1)
@@ -316,7 +325,7 @@ class CodecModel(nn.Module):
         nfr = -(-lengths // hop)
         mask = torch.arange(frames, device=wav.device)[None] < nfr[:, None]
         rvq = self.quantizer(z, mask, n_q=n_q)
-        y = self.decoder(rvq.quantized.to(z.dtype), mask)[..., :T]
+        y = self.decoder(rvq.quantized.to(z.dtype), mask, rvq.n_levels)[..., :T]
         y = y * keep[:, None].to(y.dtype)
         return ModelOutput(audio=y, rvq=rvq, mask=mask)
 
@@ -339,7 +348,7 @@ class CodecModel(nn.Module):
         with torch.no_grad():
             c = codes.long().to(self.device)
             z = self.quantizer.decode(c)
-            return self.decoder(z.to(self._dtype()), (c >= 0).any(1)).float()
+            return self.decoder(z.to(self._dtype()), (c >= 0).any(1), code_levels(c)).float()
 
     def stream_encoder(self, batch_size: int = 1, nq: Optional[int] = None,
                        sample_rate: Optional[int] = None, precision: Optional[str] = None) -> "StreamEncoder":

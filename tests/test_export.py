@@ -24,7 +24,7 @@ from test_cli_common import make_tiny_model_dir
 
 SAMPLE = Path(__file__).resolve().parents[1] / "pretrained" / "samples" / "speech_it.wav"
 TINY_FOURIER = dict(sample_rate=24000, encoder_type="fourier", decoder_type="fourier", fourier_dim=32,
-                    fourier_mlp=2, fourier_kernel=3, encoder_layers=1, decoder_layers=2)
+                    fourier_mlp=2, fourier_kernel=3, encoder_layers=1, decoder_layers=2, level_embedding=True)
 TINY_SEANET = dict(sample_rate=24000, dilations=[3], strides=[8, 40])  # two stages: a quick export
 
 
@@ -39,6 +39,8 @@ def speech(seconds: float, offset: float = 0.0) -> np.ndarray:
 def fourier(tmp_path_factory):
     torch.manual_seed(0)
     model = CodecModel(CodecConfig.preset("tiny", **TINY_FOURIER)).eval()
+    with torch.no_grad():  # a trained level embedding: the graphs must tell the decoder each input's level count
+        model.decoder.level_embedding.normal_(0.0, 0.5)
     exported = export_graphs(model)
     out = tmp_path_factory.mktemp("onnx-fourier")
     export_onnx(model, out, exported=exported)
@@ -184,6 +186,11 @@ def test_decoder_takes_padding_frames_and_any_level_count(family):
     y, ref = oc.decode(c), model.decode(torch.from_numpy(c)).numpy()
     assert np.abs(y - ref).max() < 1e-4
     assert np.all(y[0, :, 40 * model.hop_length:] == 0)
+    for n in (1, 3):  # fewer levels: the same graph decodes them as PyTorch does (a level embedding sees n)
+        few = np.ascontiguousarray(c[:, :n])
+        assert np.abs(oc.decode(few) - model.decode(torch.from_numpy(few)).numpy()).max() < 1e-4
+        whole = few[1:]  # no padded frames: the stream decoder does not silence them
+        assert np.abs(oc.stream_decode(whole) - model.decode(torch.from_numpy(whole)).numpy()).max() < 1e-4
 
 
 def test_streaming_step_graphs_equal_offline(family):

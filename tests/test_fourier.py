@@ -170,3 +170,51 @@ def test_previous_shipped_config_still_loads(tmp_path):
     back = codec.load(str(tmp_path / "old"))
     x = 0.1 * torch.randn(1, 1, 3200)
     assert torch.equal(back.encode(x), m.eval().encode(x))
+
+
+def _level_models():
+    """A tiny Fourier model without a level embedding and the same weights with one (zeros)."""
+    cfg = dict(fourier_dim=16, encoder_layers=1, decoder_layers=2, latent_dim=8, num_quantizers=6,
+               codebook_size=32)
+    torch.manual_seed(0)
+    plain = CodecModel(CodecConfig.preset("24khz-fourier", **cfg)).eval()
+    emb = CodecModel(CodecConfig.preset("24khz-fourier", level_embedding=True, **cfg)).eval()
+    res = emb.load_state_dict(plain.state_dict(), strict=False)
+    assert res.missing_keys == ["decoder.level_embedding"] and not res.unexpected_keys
+    return plain, emb
+
+
+def test_level_embedding_starts_as_no_embedding_and_then_sees_each_level_count():
+    plain, emb = _level_models()
+    x = 0.1 * torch.randn(2, 1, 24000)
+    codes = plain.encode(x)
+    assert emb.decoder.level_embedding.shape == (7, 2, 16)
+    assert torch.equal(emb.decode(codes[:, :3]), plain.decode(codes[:, :3]))  # zeros: the same function
+    with torch.no_grad():
+        emb.decoder.level_embedding.normal_()
+    dec = emb.decoder
+    for n in (2, 6):
+        c = codes[:, :n]
+        z = emb.quantizer.decode(c)
+        with torch.no_grad():
+            told = dec(z, None, torch.full((2,), n))
+            other = dec(z, None, torch.full((2,), 8 - n))
+        y = emb.decode(c)
+        assert (y - told).abs().max() < 1e-5
+        assert (told - other).abs().max() > 1e-3  # the level count changes the output
+        stream = emb.stream_decoder(2)
+        parts = [stream.feed(c[..., i:i + 7]) for i in range(0, c.shape[-1], 7)] + [stream.flush()]
+        assert (torch.cat(parts, -1) - y).abs().max() < 1e-5  # streamed == offline with the embedding too
+    with torch.no_grad():
+        assert torch.equal(dec(z), dec(z, None, torch.full((2,), 6)))  # default: every level
+
+
+def test_level_embedding_trains_the_rows_of_the_level_counts_drawn():
+    _, emb = _level_models()
+    emb.quantizer.quantizer_focus, emb.quantizer.quantizer_focus_levels = 1.0, 4
+    emb.train()
+    out = emb(0.1 * torch.randn(3, 1, 4800))
+    assert bool((out.rvq.n_levels == 4).all())
+    out.audio.pow(2).sum().backward()
+    g = emb.decoder.level_embedding.grad.abs().sum((1, 2))
+    assert g[4] > 0 and float(g.sum() - g[4]) == 0.0

@@ -511,3 +511,43 @@ def test_residual_loss_pulls_decoded_vectors_onto_the_residual():
     assert float(off.residual_loss) == 0.0 and float(off.per_level_residual.abs().sum()) == 0.0
     assert float(_drifted_rvq(residual_weight=1.0).eval()(x).residual_loss) == 0.0
 
+
+
+def test_quantizer_focus_sends_that_fraction_of_items_to_exactly_its_level_count():
+    """``quantizer_focus``: in training that fraction of items decodes with exactly ``quantizer_focus_levels``
+    levels whatever dropout drew; eval always uses every level; a focus without a level count is refused."""
+    x = torch.randn(4000, 8, 1)
+    torch.manual_seed(6)
+    rvq = ResidualVQ(input_dim=8, num_quantizers=32, codebook_size=16, codebook_dim=4, quantizer_dropout=1.0,
+                     quantizer_dropout_exponent=1.0, quantizer_focus=0.3, quantizer_focus_levels=8,
+                     kmeans_init=False)
+    n = rvq(x).n_levels
+    p8 = 1 / 8 / sum(1 / k for k in range(1, 33))  # what the 1/n draw alone gives level count 8
+    assert float((n == 8).double().mean()) == pytest.approx(0.3 + 0.7 * p8, abs=0.025)
+    assert int(n.min()) == 1 and int(n.max()) == 32  # the other items keep the dropout draw
+    rvq.quantizer_focus = 1.0
+    assert bool((rvq(x).n_levels == 8).all())
+    assert bool((rvq.eval()(x).n_levels == 32).all())
+    with pytest.raises(ValueError, match="quantizer_focus_levels must be in 1..num_quantizers"):
+        ResidualVQ(input_dim=8, num_quantizers=4, quantizer_focus=0.5, quantizer_focus_levels=5)
+
+
+def test_config_quantizer_focus_and_level_embedding_checks_and_old_files():
+    from codec.config import CodecConfig
+    from codec.model import CodecModel
+
+    with pytest.raises(ValueError, match=r"quantizer_focus must be in \[0, 1\]"):
+        CodecConfig(quantizer_focus=1.5, quantizer_focus_levels=8)
+    with pytest.raises(ValueError, match="quantizer_focus_levels must be in 1..num_quantizers"):
+        CodecConfig(quantizer_focus=0.5)
+    with pytest.raises(ValueError, match="quantizer_focus_levels must be in 1..num_quantizers"):
+        CodecConfig(quantizer_focus=0.5, quantizer_focus_levels=33)
+    with pytest.raises(ValueError, match="level_embedding needs decoder_type 'fourier'"):
+        CodecConfig(level_embedding=True)
+    old = CodecConfig().to_dict()
+    for k in ("quantizer_focus", "quantizer_focus_levels", "level_embedding"):
+        old.pop(k)
+    cfg = CodecConfig.from_dict(old)  # a config.json from before these fields: all off
+    assert (cfg.quantizer_focus, cfg.quantizer_focus_levels, cfg.level_embedding) == (0.0, 0, False)
+    q = CodecModel(CodecConfig.preset("tiny", quantizer_focus=0.25, quantizer_focus_levels=3)).quantizer
+    assert (q.quantizer_focus, q.quantizer_focus_levels) == (0.25, 3)

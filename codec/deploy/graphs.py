@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CodecError
-from ..model import encode_dtype
+from ..model import code_levels, encode_dtype
 from ..nn import streaming as st
 from .fold import exportable_copy
 from .state import flat_states, install_states
@@ -148,7 +148,7 @@ class DecoderGraph(_Graph):
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         z, valid = self.dequantize(codes)
-        y = self.core(z, valid)
+        y = self.core(z, valid, code_levels(codes))
         B, Fr = valid.shape
         keep = valid[:, :, None].expand(B, Fr, self.hop).reshape(B, 1, Fr * self.hop)
         return torch.where(keep, y, torch.zeros((), dtype=y.dtype, device=y.device)).float()
@@ -228,7 +228,7 @@ class DecoderStepGraph(_StepGraph):
 
     def step(self, codes: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         z, valid = self.dequantize(codes)
-        return (self.core(z, valid).float(),)
+        return (self.core(z, valid, code_levels(codes)).float(),)
 
     def after_step(self) -> Tuple[torch.Tensor, ...]:
         tail = self.core.flush() if self.delay else None

@@ -268,7 +268,10 @@ class FourierEncoder(nn.Module):
 class FourierDecoder(nn.Module):
     """``[B, latent_dim, F] -> [B, 1, F * hop]``: linear, ConvNeXt blocks, LayerNorm, inverse-STFT head.
 
-    :attr:`delay` samples of added latency (the head's overlap-add)."""
+    :attr:`delay` samples of added latency (the head's overlap-add).  With ``cfg.level_embedding`` the decoder
+    is told how many quantizer levels made its input: :attr:`level_embedding` ``[num_quantizers + 1, layers, dim]``
+    holds one vector per level count and block, added to the block's input (zeros at first, so the output starts
+    as without it).  Row 0 serves unquantised latents (training's quantizer skip)."""
 
     def __init__(self, cfg) -> None:
         super().__init__()
@@ -279,11 +282,22 @@ class FourierDecoder(nn.Module):
         self.norm = nn.LayerNorm(d, eps=1e-6)
         self.head = ISTFTHead(d, cfg.n_fft, cfg.hop_length)
         self.delay = self.head.delay
+        self.num_quantizers = int(cfg.num_quantizers)
+        self.level_embedding = (nn.Parameter(torch.zeros(cfg.num_quantizers + 1, cfg.decoder_layers, d))
+                                if getattr(cfg, "level_embedding", False) else None)
 
-    def forward(self, z: torch.Tensor, frame_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, frame_mask: Optional[torch.Tensor] = None,
+                levels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """z ``[B, latent_dim, F]``, frame_mask bool ``[B, F]``, levels ``[B]`` (long: how many quantizer levels
+        decoded z; default all; read only with a level embedding) -> audio ``[B, 1, F * hop]``."""
         h = self.proj_in(z.transpose(1, 2))
-        for b in self.blocks:
-            h = b(h)
+        emb = None
+        if self.level_embedding is not None:
+            if levels is None:
+                levels = torch.full((z.shape[0],), self.num_quantizers, dtype=torch.long, device=z.device)
+            emb = self.level_embedding[levels.to(z.device).long()].to(h.dtype)  # [B, layers, dim]
+        for i, b in enumerate(self.blocks):
+            h = b(h if emb is None else h + emb[:, i, None, :])
         return self.head(self.norm(h), frame_mask)[:, None]
 
     def flush(self) -> torch.Tensor:

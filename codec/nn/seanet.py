@@ -145,9 +145,10 @@ class SeanetDecoder(nn.Module):
         self.act_out = make_activation(cfg.activation, ch[0], exact=False)
         self.conv_out = StreamingConv1d(ch[0], cfg.channels, cfg.last_kernel_size)
 
-    def forward(self, z: torch.Tensor, frame_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, frame_mask: Optional[torch.Tensor] = None,
+                levels: Optional[torch.Tensor] = None) -> torch.Tensor:
         """z [B, latent_dim, F] -> audio [B, 1, F * hop] (``frame_mask`` is not needed: the model zeroes the
-        samples of masked frames)."""
+        samples of masked frames; ``levels``, the level count per item, is not read by this decoder)."""
         x = self.conv_in(z)
         for b in self.blocks:
             x = b(x)

@@ -102,6 +102,8 @@ class ResidualVQ(nn.Module):
         quantizer_dropout_cutoff: levels below this index are always kept (n >= max(1, cutoff)).
         quantizer_dropout_exponent: a dropped item's level count n is drawn with probability proportional to
             n ** -exponent (0 = uniform, as in DAC; 1 puts about two thirds of the draws of 1..32 at n <= 8).
+        quantizer_focus: fraction of batch items (training) that use exactly ``quantizer_focus_levels`` levels,
+            whatever quantizer dropout drew for them: the bitrate to favour when one decoder serves every level count.
         skip_rvq_ratio: probability (per item, training) of bypassing quantisation (output = projection round trip).
         sinkhorn: balanced (Sinkhorn) assignment during training; sinkhorn_iters / sinkhorn_temperature tune it.
         chunk_size: rows per distance block at inference.
@@ -114,8 +116,9 @@ class ResidualVQ(nn.Module):
                  threshold_ema_dead_code: float = 2.0, commitment_weight: float = 0.25,
                  codebook_weight: float = 1.0, residual_weight: float = 0.0, quantizer_dropout: float = 0.0,
                  quantizer_dropout_cutoff: int = 0,
-                 quantizer_dropout_exponent: float = 0.0,
-                 skip_rvq_ratio: float = 0.0, sinkhorn: bool = False, sinkhorn_iters: int = 3,
+                 quantizer_dropout_exponent: float = 0.0, quantizer_focus: float = 0.0,
+                 quantizer_focus_levels: int = 0, skip_rvq_ratio: float = 0.0, sinkhorn: bool = False,
+                 sinkhorn_iters: int = 3,
                  sinkhorn_temperature: float = 0.05, chunk_size: int = 2048) -> None:
         super().__init__()
         self.input_dim = int(input_dim)
@@ -133,10 +136,14 @@ class ResidualVQ(nn.Module):
         self.quantizer_dropout = float(quantizer_dropout)
         self.quantizer_dropout_cutoff = int(quantizer_dropout_cutoff)
         self.quantizer_dropout_exponent = float(quantizer_dropout_exponent)
+        self.quantizer_focus = float(quantizer_focus)
+        self.quantizer_focus_levels = int(quantizer_focus_levels)
         self.skip_rvq_ratio = float(skip_rvq_ratio)
         self.chunk_size = int(chunk_size)
         if self.num_quantizers < 1:
             raise ValueError("num_quantizers must be >= 1")
+        if self.quantizer_focus > 0 and not 1 <= self.quantizer_focus_levels <= self.num_quantizers:
+            raise ValueError("quantizer_focus_levels must be in 1..num_quantizers when quantizer_focus is on")
         cb_kwargs = dict(use_ema=use_ema, decay=decay, epsilon=epsilon, kmeans_init=kmeans_init,
                          kmeans_iters=kmeans_iters, threshold_ema_dead_code=threshold_ema_dead_code,
                          l2_normalize=l2_normalize, sinkhorn=sinkhorn, sinkhorn_iters=sinkhorn_iters,
@@ -349,6 +356,9 @@ class ResidualVQ(nn.Module):
             drop = torch.rand(B, device=device) < self.quantizer_dropout
             rnd = draw_level_counts(B, lo, n_q, self.quantizer_dropout_exponent, device)
             n = torch.where(drop, rnd, n)
+        if self.quantizer_focus > 0:
+            focus = torch.rand(B, device=device) < self.quantizer_focus
+            n = torch.where(focus, torch.full_like(n, min(self.quantizer_focus_levels, n_q)), n)
         if self.skip_rvq_ratio > 0:
             skip = torch.rand(B, device=device) < self.skip_rvq_ratio
             n = torch.where(skip, torch.zeros_like(n), n)

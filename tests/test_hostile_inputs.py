@@ -361,6 +361,10 @@ def test_size_estimate_tracks_the_real_model():
 
     rng = random.Random(7)
     cfgs = [CodecConfig.preset(p) for p in ("24khz", "24khz-fourier", "tiny")]
+    big = dict(decoder_type="fourier", fourier_dim=16, decoder_layers=64, num_quantizers=64)
+    cfgs.append(CodecConfig.preset("tiny", level_embedding=True, **big))
+    grown = estimated_elements(cfgs[-1]) - estimated_elements(CodecConfig.preset("tiny", **big))
+    assert grown == CodecModel(cfgs[-1]).decoder.level_embedding.numel() == 65 * 64 * 16
     while len(cfgs) < 10:
         strides = tuple(rng.choice([2, 4, 5]) for _ in range(rng.randint(1, 3)))
         try:

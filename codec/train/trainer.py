@@ -196,9 +196,7 @@ class Trainer:
         starts from the result."""
         if crops <= 0:
             return
-        dc = self.cfg["data"]
-        ds = CropDataset(self.train_items, self.sample_rate, float(dc["crop_seconds"]), self.seed + 1,
-                         rms_db=dc["rms_db"], max_gain_db=float(dc["max_gain_db"]))
+        ds = self._crop_dataset(self.seed + 1)
         hop = self.model.hop_length
         lat, lens = [], []
         with torch.no_grad():
@@ -308,10 +306,15 @@ class Trainer:
             fh.write(json.dumps(rec) + "\n")
 
     # -------------------------------------------------------------------------------- data
+    def _crop_dataset(self, seed: int) -> CropDataset:
+        """The training crops (``data`` section: crop length, level range, gain, speed) drawn with ``seed``."""
+        dc = self.cfg["data"]
+        return CropDataset(self.train_items, self.sample_rate, float(dc["crop_seconds"]), seed,
+                           dc["rms_db"], float(dc["max_gain_db"]), dc["speed"])
+
     def _train_loader(self) -> DataLoader:
         dc = self.cfg["data"]
-        ds = CropDataset(self.train_items, self.sample_rate, float(dc["crop_seconds"]), self.seed,
-                         dc["rms_db"], float(dc["max_gain_db"]), dc["speed"])
+        ds = self._crop_dataset(self.seed)
         sampler = StepBatchSampler(int(dc["batch_size"]), self.step, self.rank, self.world)
         nw = int(dc["num_workers"])
         kw: Dict[str, Any] = {}

@@ -324,7 +324,7 @@ def estimated_elements(cfg) -> int:
     else:
         n += cfg.latent_dim * cfg.fourier_dim + blocks(cfg.decoder_layers) + 2 * cfg.fourier_dim
         n += (cfg.fourier_dim + 1) * 2 * bins + cfg.n_fft
-        if getattr(cfg, "level_embedding", False):
+        if cfg.level_embedding:
             n += (cfg.num_quantizers + 1) * cfg.decoder_layers * cfg.fourier_dim
     rvq = cfg.rvq_dim or cfg.latent_dim
     n += 2 * cfg.latent_dim * rvq if rvq != cfg.latent_dim else 0

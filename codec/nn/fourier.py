@@ -284,7 +284,7 @@ class FourierDecoder(nn.Module):
         self.delay = self.head.delay
         self.num_quantizers = int(cfg.num_quantizers)
         self.level_embedding = (nn.Parameter(torch.zeros(cfg.num_quantizers + 1, cfg.decoder_layers, d))
-                                if getattr(cfg, "level_embedding", False) else None)
+                                if cfg.level_embedding else None)
 
     def forward(self, z: torch.Tensor, frame_mask: Optional[torch.Tensor] = None,
                 levels: Optional[torch.Tensor] = None) -> torch.Tensor:

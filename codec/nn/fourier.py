@@ -293,9 +293,8 @@ class FourierDecoder(nn.Module):
         h = self.proj_in(z.transpose(1, 2))
         emb = None
         if self.level_embedding is not None:
-            if levels is None:
-                levels = torch.full((z.shape[0],), self.num_quantizers, dtype=torch.long, device=z.device)
-            emb = self.level_embedding[levels.to(z.device).long()].to(h.dtype)  # [B, layers, dim]
+            rows = self.num_quantizers if levels is None else levels.to(z.device).long()
+            emb = self.level_embedding[rows].to(h.dtype).expand(z.shape[0], -1, -1)  # [B, layers, dim]
         for i, b in enumerate(self.blocks):
             h = b(h if emb is None else h + emb[:, i, None, :])
         return self.head(self.norm(h), frame_mask)[:, None]

@@ -18,6 +18,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Tuple
 
+from .quantization.rvq import focus_levels
+
 
 @dataclass(frozen=True)
 class CodecConfig:
@@ -37,7 +39,9 @@ class CodecConfig:
     ``use_ema``, ``decay``, ``kmeans_init``, ``threshold_ema_dead_code``, ``commitment_weight``,
     ``codebook_weight``, ``residual_weight`` (the residual loss that keeps every level's decoded vectors on the
     residual it sees; 0 = off, the models before 2026-12-07), ``quantizer_focus`` / ``quantizer_focus_levels``
-    (the fraction of training items that decode with exactly that many levels, the bitrate to favour; 0 = off).
+    (the fraction of training items that decode with exactly one of those level counts, drawn uniformly from the
+    list, so a count listed twice gets twice the share: the bitrates to favour; 0 = off; a single integer, as older
+    ``config.json`` files hold it, is a list of one, and 0 an empty list).
     Frame-rate (Fourier) layers, :mod:`codec.nn.fourier`: ``encoder_type`` / ``decoder_type`` (``"seanet"``, the
     time-domain conv stack, or ``"fourier"``: causal STFT front end / inverse-STFT head around causal ConvNeXt
     blocks at the frame rate), ``n_fft`` (STFT window; the Fourier decoder adds ``n_fft - hop`` samples of
@@ -74,7 +78,7 @@ class CodecConfig:
     codebook_weight: float = 1.0
     residual_weight: float = 0.0
     quantizer_focus: float = 0.0
-    quantizer_focus_levels: int = 0
+    quantizer_focus_levels: Tuple[int, ...] = ()
     encoder_type: str = "seanet"
     decoder_type: str = "seanet"
     n_fft: int = 960
@@ -88,6 +92,7 @@ class CodecConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "strides", tuple(int(s) for s in self.strides))
         object.__setattr__(self, "dilations", tuple(int(d) for d in self.dilations))
+        object.__setattr__(self, "quantizer_focus_levels", focus_levels(self.quantizer_focus_levels))
         self.validate()
 
     # ------------------------------------------------------------------ derived
@@ -153,8 +158,8 @@ class CodecConfig:
         req(self.activation in ("elu", "snake"), "activation must be 'elu' or 'snake'")
         req(0.0 <= self.quantizer_dropout <= 1.0, "quantizer_dropout must be in [0, 1]")
         req(self.quantizer_focus <= 1.0, "quantizer_focus must be in [0, 1]")
-        req(self.quantizer_focus_levels <= self.num_quantizers
-            and (self.quantizer_focus == 0 or self.quantizer_focus_levels >= 1),
+        req(all(n <= self.num_quantizers for n in self.quantizer_focus_levels)
+            and (self.quantizer_focus == 0 or len(self.quantizer_focus_levels) >= 1),
             "quantizer_focus_levels must be in 1..num_quantizers when quantizer_focus is on")
         req(not self.level_embedding or self.decoder_type == "fourier",
             "level_embedding needs decoder_type 'fourier'")
@@ -221,7 +226,6 @@ LIMITS: Dict[str, Tuple[int, int]] = {
     "codebook_size": (2, 65536),
     "codebook_dim": (1, 4096),
     "rvq_dim": (0, 4096),
-    "quantizer_focus_levels": (0, 64),
     "n_fft": (1, 8192),
     "fourier_dim": (1, 4096),
     "fourier_mlp": (1, 16),
@@ -230,7 +234,8 @@ LIMITS: Dict[str, Tuple[int, int]] = {
     "decoder_layers": (0, 64),
 }
 #: ``(min entry, max entry, max length)`` of the list fields.
-LIST_LIMITS: Dict[str, Tuple[int, int, int]] = {"strides": (1, 64, 8), "dilations": (1, 1024, 8)}
+LIST_LIMITS: Dict[str, Tuple[int, int, int]] = {"strides": (1, 64, 8), "dilations": (1, 1024, 8),
+                                                "quantizer_focus_levels": (1, 64, 64)}
 #: Largest hop length (product of the strides).
 MAX_HOP = 8192
 

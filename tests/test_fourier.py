@@ -211,7 +211,7 @@ def test_level_embedding_starts_as_no_embedding_and_then_sees_each_level_count()
 
 def test_level_embedding_trains_the_rows_of_the_level_counts_drawn():
     _, emb = _level_models()
-    emb.quantizer.quantizer_focus, emb.quantizer.quantizer_focus_levels = 1.0, 4
+    emb.quantizer.quantizer_focus, emb.quantizer.quantizer_focus_levels = 1.0, (4,)
     emb.train()
     out = emb(0.1 * torch.randn(3, 1, 4800))
     assert bool((out.rvq.n_levels == 4).all())

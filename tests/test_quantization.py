@@ -530,6 +530,32 @@ def test_quantizer_focus_sends_that_fraction_of_items_to_exactly_its_level_count
     assert bool((rvq.eval()(x).n_levels == 32).all())
     with pytest.raises(ValueError, match="quantizer_focus_levels must be in 1..num_quantizers"):
         ResidualVQ(input_dim=8, num_quantizers=4, quantizer_focus=0.5, quantizer_focus_levels=5)
+    with pytest.raises(ValueError, match="quantizer_focus_levels must be in 1..num_quantizers"):
+        ResidualVQ(input_dim=8, num_quantizers=4, quantizer_focus=0.5, quantizer_focus_levels=[2, 5])
+
+
+def test_quantizer_focus_on_several_level_counts_splits_the_focused_items_by_the_list():
+    """A list of focus counts: each focused item draws one entry uniformly, so [8, 8, 8, 2] sends three
+    quarters of them to 8 and one quarter to 2; a single count draws nothing beyond the focus coin, so a run with
+    one count replays the same random stream as before lists were allowed."""
+    x = torch.randn(8000, 8, 1)
+    rvq = ResidualVQ(input_dim=8, num_quantizers=32, codebook_size=16, codebook_dim=4, quantizer_focus=1.0,
+                     quantizer_focus_levels=[8, 8, 8, 2], kmeans_init=False)
+    assert rvq.quantizer_focus_levels == (8, 8, 8, 2)
+    n = rvq(x).n_levels
+    assert set(n.tolist()) == {2, 8}
+    assert float((n == 2).double().mean()) == pytest.approx(0.25, abs=0.02)
+    one = ResidualVQ(input_dim=8, num_quantizers=32, codebook_size=16, codebook_dim=4, quantizer_dropout=0.5,
+                     quantizer_focus=0.3, quantizer_focus_levels=8, kmeans_init=False)
+    torch.manual_seed(3)
+    a = one._levels_per_item(64, 32, torch.device("cpu"))
+    after_a = torch.rand(1)
+    torch.manual_seed(3)  # what the single-count draw was before lists: dropout coin, dropout draw, focus coin
+    drop = torch.rand(64) < 0.5
+    b = torch.where(drop, draw_level_counts(64, 1, 32, 0.0), torch.full((64,), 32))
+    b = torch.where(torch.rand(64) < 0.3, torch.full((64,), 8), b)
+    assert torch.equal(a, b) and torch.equal(after_a, torch.rand(1))
+    assert bool((rvq.eval()(x).n_levels == 32).all())
 
 
 def test_config_quantizer_focus_and_level_embedding_checks_and_old_files():
@@ -548,6 +574,16 @@ def test_config_quantizer_focus_and_level_embedding_checks_and_old_files():
     for k in ("quantizer_focus", "quantizer_focus_levels", "level_embedding"):
         old.pop(k)
     cfg = CodecConfig.from_dict(old)  # a config.json from before these fields: all off
-    assert (cfg.quantizer_focus, cfg.quantizer_focus_levels, cfg.level_embedding) == (0.0, 0, False)
+    assert (cfg.quantizer_focus, cfg.quantizer_focus_levels, cfg.level_embedding) == (0.0, (), False)
     q = CodecModel(CodecConfig.preset("tiny", quantizer_focus=0.25, quantizer_focus_levels=3)).quantizer
-    assert (q.quantizer_focus, q.quantizer_focus_levels) == (0.25, 3)
+    assert (q.quantizer_focus, q.quantizer_focus_levels) == (0.25, (3,))
+    # config.json files from 2026-12-07 hold a single integer (0 when off): they read as a list of one / none
+    eight = CodecConfig.from_dict({**old, "quantizer_focus": 0.5, "quantizer_focus_levels": 8})
+    assert eight.quantizer_focus_levels == (8,)
+    assert CodecConfig.from_dict({**old, "quantizer_focus_levels": 0}).quantizer_focus_levels == ()
+    two = CodecConfig.from_json(CodecConfig(quantizer_focus=0.5, quantizer_focus_levels=[2, 8]).to_json())
+    assert two.quantizer_focus_levels == (2, 8)
+    with pytest.raises(ValueError, match="quantizer_focus_levels must be in 1..num_quantizers"):
+        CodecConfig(quantizer_focus=0.5, quantizer_focus_levels=[8, 33])
+    with pytest.raises(ValueError, match="every entry of quantizer_focus_levels must be in 1..64"):
+        CodecConfig(quantizer_focus=0.5, quantizer_focus_levels=[0, 8])

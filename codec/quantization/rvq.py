@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -74,6 +74,14 @@ def draw_level_counts(count: int, low: int, high: int, exponent: float = 0.0,
     return n[torch.multinomial(weights, count, replacement=True)]
 
 
+def focus_levels(levels: Union[int, Sequence[int]]) -> Tuple[int, ...]:
+    """``quantizer_focus_levels`` as a tuple of level counts; a single integer (the form of configs written before
+    lists were allowed) is a list of one, and 0 an empty list."""
+    if isinstance(levels, int):
+        return (levels,) if levels else ()
+    return tuple(int(n) for n in levels)
+
+
 def _lengths_to_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:
     return torch.arange(T, device=lengths.device)[None, :] < lengths.to(torch.long)[:, None]
 
@@ -102,8 +110,10 @@ class ResidualVQ(nn.Module):
         quantizer_dropout_cutoff: levels below this index are always kept (n >= max(1, cutoff)).
         quantizer_dropout_exponent: a dropped item's level count n is drawn with probability proportional to
             n ** -exponent (0 = uniform, as in DAC; 1 puts about two thirds of the draws of 1..32 at n <= 8).
-        quantizer_focus: fraction of batch items (training) that use exactly ``quantizer_focus_levels`` levels,
-            whatever quantizer dropout drew for them: the bitrate to favour when one decoder serves every level count.
+        quantizer_focus: fraction of batch items (training) that use exactly one of ``quantizer_focus_levels``
+            level counts (drawn uniformly from that list, so a count listed twice gets twice the share), whatever
+            quantizer dropout drew for them: the bitrates to favour when one decoder serves every level count.
+        quantizer_focus_levels: those level counts, each in 1..num_quantizers (an int is a list of one).
         skip_rvq_ratio: probability (per item, training) of bypassing quantisation (output = projection round trip).
         sinkhorn: balanced (Sinkhorn) assignment during training; sinkhorn_iters / sinkhorn_temperature tune it.
         chunk_size: rows per distance block at inference.
@@ -117,8 +127,8 @@ class ResidualVQ(nn.Module):
                  codebook_weight: float = 1.0, residual_weight: float = 0.0, quantizer_dropout: float = 0.0,
                  quantizer_dropout_cutoff: int = 0,
                  quantizer_dropout_exponent: float = 0.0, quantizer_focus: float = 0.0,
-                 quantizer_focus_levels: int = 0, skip_rvq_ratio: float = 0.0, sinkhorn: bool = False,
-                 sinkhorn_iters: int = 3,
+                 quantizer_focus_levels: Union[int, Sequence[int]] = (), skip_rvq_ratio: float = 0.0,
+                 sinkhorn: bool = False, sinkhorn_iters: int = 3,
                  sinkhorn_temperature: float = 0.05, chunk_size: int = 2048) -> None:
         super().__init__()
         self.input_dim = int(input_dim)
@@ -137,12 +147,13 @@ class ResidualVQ(nn.Module):
         self.quantizer_dropout_cutoff = int(quantizer_dropout_cutoff)
         self.quantizer_dropout_exponent = float(quantizer_dropout_exponent)
         self.quantizer_focus = float(quantizer_focus)
-        self.quantizer_focus_levels = int(quantizer_focus_levels)
+        self.quantizer_focus_levels = focus_levels(quantizer_focus_levels)
         self.skip_rvq_ratio = float(skip_rvq_ratio)
         self.chunk_size = int(chunk_size)
         if self.num_quantizers < 1:
             raise ValueError("num_quantizers must be >= 1")
-        if self.quantizer_focus > 0 and not 1 <= self.quantizer_focus_levels <= self.num_quantizers:
+        if self.quantizer_focus > 0 and not (self.quantizer_focus_levels and all(
+                1 <= n <= self.num_quantizers for n in self.quantizer_focus_levels)):
             raise ValueError("quantizer_focus_levels must be in 1..num_quantizers when quantizer_focus is on")
         cb_kwargs = dict(use_ema=use_ema, decay=decay, epsilon=epsilon, kmeans_init=kmeans_init,
                          kmeans_iters=kmeans_iters, threshold_ema_dead_code=threshold_ema_dead_code,
@@ -358,7 +369,10 @@ class ResidualVQ(nn.Module):
             n = torch.where(drop, rnd, n)
         if self.quantizer_focus > 0:
             focus = torch.rand(B, device=device) < self.quantizer_focus
-            n = torch.where(focus, torch.full_like(n, min(self.quantizer_focus_levels, n_q)), n)
+            levels = torch.tensor(self.quantizer_focus_levels, device=device).clamp(max=n_q)
+            if len(levels) > 1:  # one count draws nothing more, so single-count runs resume exactly
+                levels = levels[torch.randint(len(levels), (B,), device=device)]
+            n = torch.where(focus, levels.expand(B), n)
         if self.skip_rvq_ratio > 0:
             skip = torch.rand(B, device=device) < self.skip_rvq_ratio
             n = torch.where(skip, torch.zeros_like(n), n)

@@ -236,6 +236,9 @@ LIMITS: Dict[str, Tuple[int, int]] = {
 #: ``(min entry, max entry, max length)`` of the list fields.
 LIST_LIMITS: Dict[str, Tuple[int, int, int]] = {"strides": (1, 64, 8), "dilations": (1, 1024, 8),
                                                 "quantizer_focus_levels": (1, 64, 64)}
+#: List fields that ``config.json`` files written before lists were allowed hold as one integer (read as a list
+#: of one; 0 as an empty list).
+SINGLE_INT_LISTS: Tuple[str, ...] = ("quantizer_focus_levels",)
 #: Largest hop length (product of the strides).
 MAX_HOP = 8192
 

@@ -195,7 +195,7 @@ def _check_config_types(raw: Dict, f: Path) -> None:
     """Refuse JSON values of the wrong type before ``CodecConfig`` converts anything (``1024.5``, ``true``, ...)."""
     import dataclasses
 
-    from .config import CodecConfig
+    from .config import SINGLE_INT_LISTS, CodecConfig
 
     def bad(name: str, what: str, value) -> CodecError:
         text = json.dumps(value, allow_nan=True)
@@ -222,6 +222,8 @@ def _check_config_types(raw: Dict, f: Path) -> None:
             if not isinstance(v, str):
                 raise bad(fld.name, "a string", v)
         elif isinstance(default, tuple) or fld.name in ("strides", "dilations"):
+            if fld.name in SINGLE_INT_LISTS and is_int(v):
+                continue  # the older one-integer form, which CodecConfig reads as a list of one
             if not isinstance(v, list) or len(v) > 64 or not all(is_int(x) for x in v):
                 raise bad(fld.name, "a list of integers", v)
 

@@ -326,6 +326,8 @@ def test_config_json_fuzzer(env, tmp_path, capsys):
     ("codebook_size", 1024.5, "codebook_size must be an integer, got 1024.5"),
     ("strides", [2, 2.5], "strides must be a list of integers, got [2, 2.5]"),
     ("use_ema", 1, "use_ema must be true or false, got 1"),
+    ("quantizer_focus_levels", [2, 8.5], "quantizer_focus_levels must be a list of integers, got [2, 8.5]"),
+    ("quantizer_focus_levels", 2.5, "quantizer_focus_levels must be a list of integers, got 2.5"),
 ])
 def test_config_sizes_bounded_before_allocating(env, tmp_path, key, value, message):
     d = tmp_path / "m"
@@ -338,6 +340,23 @@ def test_config_sizes_bounded_before_allocating(env, tmp_path, key, value, messa
         codec.load(d)
     assert str(ei.value) == f"'{d / 'config.json'}' is not a valid model config: {message}."
     assert time.time() - t < 5 and resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0 < 200 * 1024
+
+
+def test_focus_levels_load_as_one_integer_or_a_list(env, tmp_path):
+    """``quantizer_focus_levels`` was one integer in the config.json files of 2026-12-07 (the shipped model's
+    among them); those and the list form both load, to the same tuple."""
+    d = tmp_path / "m"
+    shutil.copytree(env["tiny"], d)
+    cfg = json.loads((d / "config.json").read_text())
+    def write(focus, levels):
+        (d / "config.json").write_text(json.dumps({**cfg, "quantizer_focus": focus, "quantizer_focus_levels": levels}))
+
+    for focus, levels, want in ((0.0, 0, ()), (0.5, 2, (2,)), (0.5, [2, 1, 2], (2, 1, 2))):
+        write(focus, levels)
+        assert codec.load(d).config.quantizer_focus_levels == want
+    write(0.5, 0)  # a focus with no level count is refused with the config's own sentence
+    with pytest.raises(CodecError, match="quantizer_focus_levels must be in 1..num_quantizers when"):
+        codec.load(d)
 
 
 def test_model_too_large_is_refused_before_allocating(env, tmp_path):

@@ -77,8 +77,8 @@ def draw_level_counts(count: int, low: int, high: int, exponent: float = 0.0,
 def focus_levels(levels: Union[int, Sequence[int]]) -> Tuple[int, ...]:
     """``quantizer_focus_levels`` as a tuple of level counts; a single integer (the form of configs written before
     lists were allowed) is a list of one, and 0 an empty list."""
-    if isinstance(levels, int):
-        return (levels,) if levels else ()
+    if isinstance(levels, (int, np.integer)):
+        return (int(levels),) if levels else ()
     return tuple(int(n) for n in levels)
 
 

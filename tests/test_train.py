@@ -255,6 +255,9 @@ def test_export_and_finetune(wavs, tmp_path):
     assert json.loads((out / "training.json").read_text())["weights"] == "EMA"
     card = (out / "README.md").read_text()
     assert "steps: 3" in card and "mel/nq1" in card and "codebook_perplexity/level" not in card
+    assert "## Validation metrics (step 3, these weights)" in card  # the exported checkpoint's own score
+    assert json.loads((out / "training.json").read_text())["validation"]["step"] == 3
+    assert "Validation scored the EMA weights; this export holds the raw ones." in (raw / "README.md").read_text()
     assert (out / "discriminator.safetensors").is_file()
     # the card and training.json name no path of this machine (data, run directory, checkpoint)
     for f in ("README.md", "training.json"):
@@ -270,6 +273,27 @@ def test_export_and_finetune(wavs, tmp_path):
     assert all(torch.equal(sd[k], v) for k, v in t.model.state_dict().items() if k in sd)
     t.fit()
     assert (tmp_path / "ft" / "ckpt_00000002.pt").is_file()
+
+
+def test_model_card_names_the_validation_of_the_exported_step():
+    """A card reports the latest validation up to the exported checkpoint and says whose weights it scored;
+    the best step is named when it differs; a checkpoint from before ``last_valid`` shows its best metrics."""
+    from codec.train.export import model_card
+
+    state = {"step": 500, "config": {"train": {"best_metric": "pesq/nq8"}}, "model": {}, "ema": None,
+             "best_step": 200, "best_metrics": {"pesq/nq8": 2.6},
+             "last_valid": {"step": 400, "metrics": {"pesq/nq8": 2.4}}}
+    card = model_card(state, "m")
+    assert "## Validation metrics (step 400, the last validation before this step-500 checkpoint)" in card
+    assert "| pesq/nq8 | 2.400 |" in card and "2.600" not in card
+    assert "The run's best validation by `pesq/nq8` was at step 200 (`best.pt`, `--checkpoint best`)." in card
+    state["last_valid"] = {"step": 500, "metrics": {"pesq/nq8": 2.5}}
+    assert "## Validation metrics (step 500, these weights)" in model_card(state, "m")
+    state["best_step"] = 500
+    assert "best validation by" not in model_card(state, "m")
+    old = {"step": 500, "config": {}, "model": {}, "best_metrics": {"pesq/nq8": 2.6}}
+    card = model_card(old, "m")
+    assert "## Validation metrics (best checkpoint)" in card and "| pesq/nq8 | 2.600 |" in card
 
 
 def test_cli_errors_and_print_config(tmp_path, capsys, monkeypatch):

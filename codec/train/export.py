@@ -64,13 +64,27 @@ def _disc_note(cfg: Dict[str, Any], state: Dict[str, Any]) -> str:
     return note
 
 
+def _validation_of(state: Dict[str, Any]) -> Tuple[Optional[int], Dict[str, float], str]:
+    """The validation a checkpoint's card reports -> (step or None, metrics, heading).
+
+    The run's latest validation up to this checkpoint (``last_valid``): this checkpoint's own weights when its
+    step is the checkpoint's, else the last score before it. Checkpoints written before runs kept
+    ``last_valid`` only hold the run's best validation, which may be another step's weights."""
+    last = state.get("last_valid") or {}
+    if last.get("metrics"):
+        vs, step = int(last["step"]), state.get("step")
+        where = "these weights" if vs == step else f"the last validation before this step-{step} checkpoint"
+        return vs, dict(last["metrics"]), f"Validation metrics (step {vs}, {where})"
+    return state.get("best_step"), dict(state.get("best_metrics") or {}), "Validation metrics (best checkpoint)"
+
+
 def model_card(state: Dict[str, Any], name: str, raw: bool = False) -> str:
     """Markdown model card from a checkpoint state (config, steps, hours, validation metrics); ``raw``: the
     exported weights are the raw ones although the run kept an EMA."""
     cfg = _portable(state.get("config") or {})
     data = cfg.get("data", {})
     mc = state.get("model_config") or {}
-    metrics = state.get("best_metrics") or {}
+    valid_step, metrics, heading = _validation_of(state)
     lines = [f"# {name}", "", "Neural audio codec trained with `codec train` "
              f"(exported {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}).", "",
              "## Model", ""]
@@ -102,7 +116,7 @@ def model_card(state: Dict[str, Any], name: str, raw: bool = False) -> str:
               f" ({'on' if cfg.get('adversarial', {}).get('enabled') else 'off'})",
               f"- weights: {exported_weights(state, raw)[1]}",
               f"- discriminators: {_disc_note(cfg, state)}",
-              "", "## Validation metrics (best checkpoint)", ""]
+              "", f"## {heading}", ""]
     shown = {k: v for k, v in metrics.items() if not k.startswith(("codebook_usage/level", "codebook_perplexity/level"))}
     if shown:
         lines += ["| metric | value |", "|---|---|"]
@@ -110,6 +124,12 @@ def model_card(state: Dict[str, Any], name: str, raw: bool = False) -> str:
             lines.append(f"| {k} | {v:.3f} |")
     else:
         lines.append("No validation was run.")
+    best_step = state.get("best_step")
+    if best_step is not None and best_step != valid_step:
+        lines += ["", f"The run's best validation by `{cfg.get('train', {}).get('best_metric')}` was at step "
+                  f"{best_step} (`best.pt`, `--checkpoint best`)."]
+    if shown and raw and state.get("ema") is not None:
+        lines += ["", "Validation scored the EMA weights; this export holds the raw ones."]
     lines += ["", "Mel = multi-scale log-mel distance (lower is better); SI-SDR in dB (higher is better).", ""]
     return "\n".join(lines)
 
@@ -151,9 +171,11 @@ def export_run(run_dir: Union[str, Path], out_dir: Union[str, Path], checkpoint:
         with atomic_output(out_dir / "discriminator.safetensors") as tmp:
             save_file({k: v.contiguous() for k, v in state["disc"].items()}, str(tmp))
     (out_dir / "README.md").write_text(model_card(state, name or out_dir.name, raw))
+    valid_step, metrics, _ = _validation_of(state)
     (out_dir / "training.json").write_text(json.dumps({
         "checkpoint": ck.name, "step": state.get("step"), "weights": kind,
-        "best_metrics": state.get("best_metrics"),
+        "validation": {"step": valid_step, "metrics": metrics},
+        "best_step": state.get("best_step"), "best_metrics": state.get("best_metrics"),
         "elapsed_hours": float(state.get("elapsed", 0.0)) / 3600,
         "init_from": _portable(cfg)["model"].get("init_from"), "train_hours": float(state.get("train_hours", 0.0)),
         "audio_hours_seen": float(state.get("audio_seconds", 0.0)) / 3600,

@@ -163,6 +163,9 @@ class Trainer:
         self.step = 0
         self.best_valid: Optional[float] = None
         self.best_metrics: Dict[str, float] = {}
+        self.best_step: Optional[int] = None
+        # the latest validation: {"step": ..., "metrics": {...}}; an export names it beside the weights it scored
+        self.last_valid: Dict[str, Any] = {}
         self.elapsed = 0.0
         self.audio_seconds = 0.0
         self.nonfinite_in_row = 0
@@ -252,6 +255,8 @@ class Trainer:
             "best_valid": self.best_valid,
             "best_metric": self.cfg["train"]["best_metric"],
             "best_metrics": self.best_metrics,
+            "best_step": self.best_step,
+            "last_valid": self.last_valid,
             "elapsed": self.elapsed,
             "audio_seconds": self.audio_seconds,
             "train_hours": self.train_hours,
@@ -280,6 +285,8 @@ class Trainer:
         same = st.get("best_metric", "valid_loss") == self.cfg["train"]["best_metric"]
         self.best_valid = st.get("best_valid") if same else None  # another criterion: the next validation is best
         self.best_metrics = dict(st.get("best_metrics") or {})
+        self.best_step = st.get("best_step")
+        self.last_valid = dict(st.get("last_valid") or {})
         self.elapsed = float(st.get("elapsed", 0.0))
         self.audio_seconds = float(st.get("audio_seconds", 0.0))
         self.nonfinite_total = int(st.get("nonfinite_total", 0))
@@ -646,12 +653,14 @@ class Trainer:
         m = self.validate()
         if not (self.is_main and m):
             return False
+        self.last_valid = {"step": self.step, "metrics": dict(m)}
         score = selection_score(self.cfg["train"]["best_metric"], m)
         is_best = not self.freeze_generator and (  # a frozen generator has no best checkpoint
             self.best_valid is None or score < self.best_valid)
         if is_best:
             self.best_valid = score
             self.best_metrics = dict(m)
+            self.best_step = self.step
         cpu_h = self.elapsed * self.world * torch.get_num_threads() / 3600.0
         self._log_jsonl({"step": self.step, "kind": "valid", "train_seconds": self.elapsed, "cpu_hours": cpu_h,
                          "audio_hours_seen": self.audio_seconds / 3600.0, **m})
@@ -665,6 +674,7 @@ class Trainer:
         Not a best checkpoint candidate: ``best.pt`` only ever holds trained weights."""
         m = self.validate()
         if self.is_main and m:
+            self.last_valid = {"step": 0, "metrics": dict(m)}
             if self.freeze_generator:  # the generator's metrics stay these: the card reports them
                 self.best_metrics = dict(m)
             self._log_jsonl({"step": 0, "kind": "valid", "train_seconds": 0.0, "cpu_hours": 0.0,

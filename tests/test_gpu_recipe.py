@@ -16,6 +16,7 @@ from recipe_modules import REPO, load_recipe
 import codec
 
 pack_mod = load_recipe("gpu/pack.py", "gpu_pack")
+parts_mod = load_recipe("gpu/parts.py", "gpu_parts")
 
 
 def _voiced(seconds: float, f0: float, sr: int = 24000) -> np.ndarray:
@@ -85,6 +86,15 @@ def test_device_driver_trains_in_its_time_box_and_returns_a_half_model(tmp_path)
     assert "steps/s" in r.stdout and f"-> {summary['steps']} steps" in r.stdout
     steps = [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert max(steps) == summary["steps"]  # the schedule was sized to the box and ran to its end
+    # the shipped model's float16 weights (45 MB) come back in parts within the device tool's 16 MiB per file
+    files = sorted((out / "model").iterdir())
+    assert [f.name for f in files] == summary["model_files"] and not (out / "model" / "model.safetensors").exists()
+    assert all(f.stat().st_size <= 16 * 2 ** 20 for f in files)
+    assert len([p for p in out.rglob("*") if p.is_file()]) <= 8  # the device tool hands back at most 8 files
+    j = subprocess.run([sys.executable, str(REPO / "recipes" / "gpu" / "parts.py"), "join", str(out / "model")],
+                       capture_output=True, text=True, cwd=REPO)
+    assert j.returncode == 0, j.stderr
+    assert f"sha256 {summary['weights_sha256']}" in j.stdout
     from safetensors import safe_open
 
     with safe_open(str(out / "model" / "model.safetensors"), "pt") as h:
@@ -106,3 +116,29 @@ def test_export_half_halves_the_file_and_decodes_like_the_float32_model(tmp_path
         codes = m.encode(x)
         y32, y16 = m.decode(codes), m16.decode(codes)
     assert (y32 - y16).abs().max() < 2e-2 * y32.abs().max()
+
+
+def test_parts_split_and_join_restore_the_file_byte_for_byte(tmp_path):
+    data = np.random.default_rng(0).bytes(10_000)
+    f = tmp_path / "w.bin"
+    f.write_bytes(data)
+    assert parts_mod.split(f, 20_000) == [f] and f.read_bytes() == data  # within the limit: left alone
+    parts = parts_mod.split(f, 3_000)
+    assert [p.name for p in parts] == [f"w.bin.part{k}-of-4" for k in range(1, 5)] and not f.exists()
+    assert [p.stat().st_size for p in parts] == [3000, 3000, 3000, 1000]
+    assert parts_mod.join(tmp_path) == {"w.bin": parts_mod.sha256(f)}
+    assert f.read_bytes() == data and sorted(p.name for p in tmp_path.iterdir()) == ["w.bin"]
+
+
+def test_parts_join_refuses_an_incomplete_set_and_writes_nothing(tmp_path):
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"x" * 100)
+    parts = parts_mod.split(f, 40)
+    parts[1].unlink()
+    with pytest.raises(SystemExit, match=r"w.bin: its parts are incomplete \(have \[1, 3\], counts \[3\]\); "
+                                         "copy all of them back first."):
+        parts_mod.join(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.bin.part1-of-3", "w.bin.part3-of-3"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="holds no parts"):
+        parts_mod.join(tmp_path / "empty")

@@ -9,8 +9,10 @@
 4. sets ``train.steps`` and ``optim.decay_steps`` so that the cosine schedule ends when ``--minutes`` (counted
    from the start of this script) are spent, less ``--reserve-s`` for the export, and trains (``train.max_hours``
    is a backstop);
-5. exports the best checkpoint to ``OUT/model`` (float16 safetensors, ~14 MB) and copies ``metrics.jsonl`` and a
-   ``run.json`` summary to ``OUT``.
+5. exports the best checkpoint to ``OUT/model`` (float16 safetensors: 45 MB for the shipped model's size), splits
+   any file there over ``--max-file-mib`` into parts (``recipes/gpu/parts.py``; the device tool hands back files of
+   at most 16 MiB), and copies ``metrics.jsonl`` and a ``run.json`` summary (with the weights' SHA-256) to ``OUT``.
+   Back here, ``python recipes/gpu/parts.py join OUT/model`` restores the weights before ``codec.load``.
 
 Everything after the options is passed to ``codec train`` as overrides (e.g. ``model.init_from=null`` to train
 from scratch, ``data.batch_size=256``). On CPU the same script runs with ``train.device=cpu`` and small settings,
@@ -27,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
+
+from parts import MIB, sha256, split  # recipes/gpu/parts.py, beside this script
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -71,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=Path("/tmp/gpu-run"))
     p.add_argument("--probe-steps", type=int, default=50)
     p.add_argument("--reserve-s", type=float, default=45.0, help="seconds kept for validation and the export")
+    p.add_argument("--max-file-mib", type=float, default=16.0,
+                   help="split exported files larger than this into parts (the device tool's per-file limit)")
     args, overrides = p.parse_known_args(argv)
     t0 = time.time()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -101,10 +107,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     shutil.rmtree(run, ignore_errors=True)
     _sh(train + [*overrides, f"train.steps={steps}", f"optim.decay_steps={steps}", f"train.out_dir={run}",
                  f"train.max_hours={(left + args.reserve_s / 2) / 3600:.4f}"], env, "train")
-    _sh([sys.executable, "-m", "codec.train.export", str(run), str(args.out / "model"), "--half"], env, "export")
+    model_dir = args.out / "model"
+    _sh([sys.executable, "-m", "codec.train.export", str(run), str(model_dir), "--half"], env, "export")
+    weights_sha256 = sha256(model_dir / "model.safetensors")
+    for f in sorted(model_dir.iterdir()):
+        parts = split(f, int(args.max_file_mib * MIB))
+        if len(parts) > 1:
+            print(f"[gpu-run] {f.name} split into {len(parts)} parts of at most {args.max_file_mib:g} MiB; back "
+                  f"here: python recipes/gpu/parts.py join {model_dir}", flush=True)
     shutil.copy2(run / "metrics.jsonl", args.out / "metrics.jsonl")
     summary = {"probe_audio_s_per_s": rate, "steps": steps, "batch": batch, "crop_seconds": crop,
                "minutes": args.minutes, "wall_s": round(time.time() - t0, 1), "overrides": list(overrides),
+               "weights_sha256": weights_sha256, "model_files": sorted(f.name for f in model_dir.iterdir()),
                "pack": json.loads((args.pack / "pack.json").read_text()) if (args.pack / "pack.json").is_file() else None}
     (args.out / "run.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(f"[gpu-run] done in {summary['wall_s']} s: {args.out / 'model'}", flush=True)

@@ -142,3 +142,20 @@ def test_parts_join_refuses_an_incomplete_set_and_writes_nothing(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="holds no parts"):
         parts_mod.join(tmp_path / "empty")
+
+
+def test_pack_budget_defaults_to_what_the_repository_leaves_of_the_travel_limit(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    (repo / ".gitignore").write_text("gpu-pack/\n")
+    (repo / "tracked.bin").write_bytes(b"t" * 2 ** 20)
+    subprocess.run(["git", "add", "tracked.bin", ".gitignore"], cwd=repo, check=True)
+    (repo / "untracked.bin").write_bytes(b"u" * 2 ** 19)   # travels: not ignored
+    (repo / "gpu-pack").mkdir()
+    (repo / "gpu-pack" / "big.opus").write_bytes(b"p" * 10 * 2 ** 20)  # ignored: stays behind
+    assert pack_mod.travelling_bytes(repo) == 2 ** 20 + 2 ** 19 + len("gpu-pack/\n")
+    assert pack_mod.default_budget_mib(4.0, repo) == pytest.approx(4.0 - 1.0 - 1.5, abs=0.01)
+    with pytest.raises(SystemExit, match="the repository's own files already take 1.5 MiB of the 2 MiB that may "
+                                         "travel; nothing is left for a pack."):
+        pack_mod.default_budget_mib(2.0, repo)

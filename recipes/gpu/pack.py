@@ -1,10 +1,12 @@
 """Pack the training corpus small enough to travel with the code to a borrowed GPU machine, and unpack it there.
 
     python recipes/gpu/pack.py pack $CODEC_DATA/train_24k.jsonl $CODEC_DATA/valid_eval.jsonl gpu-pack \
-        [--kbps 16] [--budget-mib 36] [--no-wheels]
+        [--kbps 16] [--budget-mib MIB | --travel-mib 64] [--no-wheels]
     python recipes/gpu/pack.py unpack gpu-pack /tmp/gpu-data [--sample-rate 24000] [--jobs N]
 
-``pack`` encodes training clips (shuffled, seed 0) as Ogg Opus at ``--kbps`` until ``--budget-mib`` is spent,
+``pack`` encodes training clips (shuffled, seed 0) as Ogg Opus at ``--kbps`` until ``--budget-mib`` is spent (by
+default, what is left of ``--travel-mib`` after the repository's own files that travel with it, less 1 MiB: the
+device tool sends at most 64 MiB in all, and the shipped model's weights alone are about 50 MB of that),
 keeps the validation clips lossless (FLAC), and downloads the wheels the GPU image lacks (soundfile, soxr,
 librosa and what they need; ``pip download`` needs the network). Layout of the pack::
 
@@ -93,15 +95,38 @@ def _tree_bytes(root: Path) -> int:
     return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
 
 
-def pack(train: Path, valid: Path, out: Path, kbps: float = 16.0, budget_mib: float = 36.0,
+def travelling_bytes(repo: Path = REPO) -> int:
+    """Bytes of the files a copy of ``repo``'s working tree takes along: tracked files, and untracked ones that
+    git does not ignore (what this project's device tool sends; an ignored pack folder is not among them)."""
+    r = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=repo,
+                       capture_output=True)
+    if r.returncode != 0:
+        raise SystemExit(f"pack: cannot list the files of {repo} (git ls-files failed); give --budget-mib.")
+    files = {repo / name for name in r.stdout.decode().split("\0") if name}
+    return sum(f.stat().st_size for f in files if f.is_file())
+
+
+def default_budget_mib(travel_mib: float = 64.0, repo: Path = REPO) -> float:
+    """The pack budget that keeps the pack and ``repo``'s travelling files within ``travel_mib`` (1 MiB spare)."""
+    budget = travel_mib - 1.0 - travelling_bytes(repo) / 2 ** 20
+    if budget <= 0:
+        raise SystemExit(f"pack: the repository's own files already take {travelling_bytes(repo) / 2 ** 20:.1f} MiB "
+                         f"of the {travel_mib:g} MiB that may travel; nothing is left for a pack.")
+    return round(budget, 2)
+
+
+def pack(train: Path, valid: Path, out: Path, kbps: float = 16.0, budget_mib: float | None = None,
          wheels: bool = True, jobs: int = 0, seed: int = 0) -> Dict:
-    """Build the pack in ``out`` (see the module docstring); returns the ``pack.json`` record."""
+    """Build the pack in ``out`` (see the module docstring); returns the ``pack.json`` record.
+    ``budget_mib=None`` takes :func:`default_budget_mib`."""
     from codec.audio import load_audio, save_audio
     from codec.train.data import read_items
 
     if out.exists() and any(out.iterdir()):
         raise SystemExit(f"pack: '{out}' exists and is not empty; remove it or pick another folder.")
     items, valid_items = read_items(train), read_items(valid)  # refused before anything is written
+    if budget_mib is None:
+        budget_mib = default_budget_mib()
     (out / "train").mkdir(parents=True, exist_ok=True)
     (out / "valid").mkdir(exist_ok=True)
     vrows = []
@@ -182,7 +207,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     a.add_argument("valid", type=Path)
     a.add_argument("out", type=Path)
     a.add_argument("--kbps", type=float, default=16.0)
-    a.add_argument("--budget-mib", type=float, default=36.0)
+    a.add_argument("--budget-mib", type=float, default=None,
+                   help="the pack's size; default: what --travel-mib leaves beside the repository's own files")
+    a.add_argument("--travel-mib", type=float, default=64.0, help="what may travel in all (the device tool: 64)")
     a.add_argument("--no-wheels", action="store_true")
     a.add_argument("--jobs", type=int, default=0)
     b = sub.add_parser("unpack", help="decode a pack to wav + manifests")
@@ -195,7 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if args.cmd == "pack":
-            info = pack(args.train, args.valid, args.out, args.kbps, args.budget_mib, not args.no_wheels, args.jobs)
+            budget = args.budget_mib if args.budget_mib is not None else default_budget_mib(args.travel_mib)
+            info = pack(args.train, args.valid, args.out, args.kbps, budget, not args.no_wheels, args.jobs)
         else:
             info = unpack(args.pack, args.out, args.sample_rate, args.jobs)
     except CodecError as exc:

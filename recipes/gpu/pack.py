@@ -108,17 +108,18 @@ def travelling_bytes(repo: Path = REPO) -> int:
 
 def default_budget_mib(travel_mib: float = 64.0, repo: Path = REPO) -> float:
     """The pack budget that keeps the pack and ``repo``'s travelling files within ``travel_mib`` (1 MiB spare)."""
-    budget = travel_mib - 1.0 - travelling_bytes(repo) / 2 ** 20
+    own_mib = travelling_bytes(repo) / 2 ** 20
+    budget = travel_mib - 1.0 - own_mib
     if budget <= 0:
-        raise SystemExit(f"pack: the repository's own files already take {travelling_bytes(repo) / 2 ** 20:.1f} MiB "
+        raise SystemExit(f"pack: the repository's own files already take {own_mib:.1f} MiB "
                          f"of the {travel_mib:g} MiB that may travel; nothing is left for a pack.")
     return round(budget, 2)
 
 
 def pack(train: Path, valid: Path, out: Path, kbps: float = 16.0, budget_mib: float | None = None,
-         wheels: bool = True, jobs: int = 0, seed: int = 0) -> Dict:
+         wheels: bool = True, jobs: int = 0, seed: int = 0, travel_mib: float = 64.0) -> Dict:
     """Build the pack in ``out`` (see the module docstring); returns the ``pack.json`` record.
-    ``budget_mib=None`` takes :func:`default_budget_mib`."""
+    ``budget_mib=None`` takes :func:`default_budget_mib` of ``travel_mib``."""
     from codec.audio import load_audio, save_audio
     from codec.train.data import read_items
 
@@ -126,7 +127,7 @@ def pack(train: Path, valid: Path, out: Path, kbps: float = 16.0, budget_mib: fl
         raise SystemExit(f"pack: '{out}' exists and is not empty; remove it or pick another folder.")
     items, valid_items = read_items(train), read_items(valid)  # refused before anything is written
     if budget_mib is None:
-        budget_mib = default_budget_mib()
+        budget_mib = default_budget_mib(travel_mib)
     (out / "train").mkdir(parents=True, exist_ok=True)
     (out / "valid").mkdir(exist_ok=True)
     vrows = []
@@ -222,8 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if args.cmd == "pack":
-            budget = args.budget_mib if args.budget_mib is not None else default_budget_mib(args.travel_mib)
-            info = pack(args.train, args.valid, args.out, args.kbps, budget, not args.no_wheels, args.jobs)
+            info = pack(args.train, args.valid, args.out, args.kbps, args.budget_mib, not args.no_wheels, args.jobs,
+                        travel_mib=args.travel_mib)
         else:
             info = unpack(args.pack, args.out, args.sample_rate, args.jobs)
     except CodecError as exc:

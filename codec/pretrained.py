@@ -125,13 +125,13 @@ def locate(path_or_name: Optional[PathLike] = None) -> Tuple[Path, str]:
     return d, str(d.resolve())
 
 
-def file_hash(path: PathLike) -> str:
-    """First 16 hex digits of the sha256 of a file."""
+def file_hash(path: PathLike, digits: int = 16) -> str:
+    """First ``digits`` hex digits of the sha256 of a file (64: all of it)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for blk in iter(lambda: f.read(1 << 20), b""):
             h.update(blk)
-    return h.hexdigest()[:16]
+    return h.hexdigest()[:digits]
 
 
 #: suffix of the float32 scale ``[rows]`` stored beside every int8 weight ``<name>``

@@ -12,11 +12,14 @@ back files of at most 16 MiB and the shipped model's float16 weights are larger.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import re
 import sys
 from pathlib import Path
 from typing import Dict, List, Sequence
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 MIB = 2 ** 20
 _PART = re.compile(r"^(?P<name>.+)\.part(?P<k>\d+)-of-(?P<n>\d+)$")
@@ -78,11 +81,9 @@ def join(folder: Path) -> Dict[str, str]:
 
 def sha256(path: Path) -> str:
     """Hex SHA-256 of a file (what ``join`` reports for the file it restores)."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(MIB), b""):
-            h.update(block)
-    return h.hexdigest()
+    from codec.pretrained import file_hash
+
+    return file_hash(path, digits=64)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
